@@ -1,0 +1,326 @@
+"""segment_anything's ViT image encoder (SAM / MedSAM ViT-B, -L, -H): prunable groups and shapes.
+
+Where are heads removed? Here the encoder is made traceable by Torch-Pruning and the head / MLP
+channel indices are defined; :mod:`medcore_tp.graph` applies removals through the dependency graph.
+
+Two things stop Torch-Pruning 1.6 on the stock ``Attention`` (see ENVIRONMENT.md):
+
+1. ``qkv``/``proj`` run on 4-D ``(B, H, W, C)`` tensors; the reshape index mapping then adds a
+   spurious flatten mapping at every attention reshape and the index lists explode.
+2. ``rel_pos_h``/``rel_pos_w`` are picked up as unwrapped parameters pruned along head_dim; their
+   path corrupts the attention group.
+
+:class:`PrunableAttention` computes exactly the same function on ``(B, N, C)`` tokens with a
+head-major ``(3, heads, head_dim)`` qkv split, keeps the same parameters (same state-dict keys), and
+hides the relative-position tables from Torch-Pruning's tracer only (they are shared by all heads and
+untouched by whole-head removal). Only the model handed to :func:`prepare` is changed; the
+segment_anything classes themselves are never patched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from segment_anything.modeling.image_encoder import (
+    Attention,
+    Block,
+    ImageEncoderViT,
+    get_rel_pos,
+)
+from torch import nn
+
+FAMILY = "sam_vit"
+
+
+class PrunableAttention(Attention):
+    """SAM's windowed/global attention, rewritten for Torch-Pruning's tracer.
+
+    Same parameters, state-dict keys and maths as :class:`segment_anything.modeling.image_encoder.Attention`.
+    ``num_heads`` is derived from the weights, so it is always what ``qkv`` holds after pruning.
+    ``head_dim`` and ``scale`` never change.
+    """
+
+    head_dim: int
+
+    @classmethod
+    def from_attention(cls, attn: Attention) -> PrunableAttention:
+        """Wrap the parameters of a stock ``Attention`` (shared, not copied)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.head_dim = attn.qkv.out_features // (3 * attn.num_heads)
+        new.scale = attn.scale
+        new.qkv = attn.qkv
+        new.proj = attn.proj
+        new.use_rel_pos = attn.use_rel_pos
+        if attn.use_rel_pos:
+            new.rel_pos_h = attn.rel_pos_h
+            new.rel_pos_w = attn.rel_pos_w
+        return new
+
+    @property
+    def num_heads(self) -> int:  # type: ignore[override]
+        return self.qkv.out_features // (3 * self.head_dim)
+
+    @num_heads.setter
+    def num_heads(self, value: int) -> None:
+        # Torch-Pruning and the base class may assign it; the weights are the only source of truth.
+        pass
+
+    def _rel_pos_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if _is_traced_by_torch_pruning(self.qkv):
+            # Tracing only: no autograd edge to the tables, so they never enter a pruning group.
+            return self.rel_pos_h.detach(), self.rel_pos_w.detach()
+        return self.rel_pos_h, self.rel_pos_w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        n = h * w
+        tokens = x.reshape(b, n, c)
+        qkv = self.qkv(tokens).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        # q is read once (scaled) so that the unbind has exactly three consumers: Torch-Pruning maps
+        # qkv rows through the unbind by counting them. The rel-pos tables are divided by the scale
+        # instead, which is the same bias up to rounding.
+        q = q * self.scale
+        attn = q @ k.transpose(-2, -1)
+        if self.use_rel_pos:
+            rel_h, rel_w = self._rel_pos_tables()
+            attn = _add_rel_pos(attn, q, rel_h / self.scale, rel_w / self.scale, h, w)
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
+        return self.proj(out).reshape(b, h, w, c)
+
+
+def _add_rel_pos(
+    attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """Decomposed relative-position bias on (B, heads, N, N) attention (same maths as SAM's)."""
+    rh = get_rel_pos(h, h, rel_pos_h)
+    rw = get_rel_pos(w, w, rel_pos_w)
+    b, nh, _, d = q.shape
+    r_q = q.reshape(b, nh, h, w, d)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
+    attn = attn.view(b, nh, h, w, h, w) + bias_h[..., :, None] + bias_w[..., None, :]
+    return attn.view(b, nh, h * w, h * w)
+
+
+def _is_traced_by_torch_pruning(module: nn.Module) -> bool:
+    """True while Torch-Pruning's dependency-graph tracer has its recording hook on ``module``."""
+    return any(
+        getattr(hook, "__module__", "").startswith("torch_pruning")
+        for hook in module._forward_hooks.values()
+    )
+
+
+def is_encoder(module: nn.Module) -> bool:
+    """Whether ``module`` is a segment_anything ViT image encoder."""
+    return isinstance(module, ImageEncoderViT)
+
+
+def blocks(encoder: ImageEncoderViT) -> list[Block]:
+    """The transformer blocks, in order."""
+    return list(encoder.blocks)
+
+
+def prepare(encoder: ImageEncoderViT) -> ImageEncoderViT:
+    """Swap each block's attention for :class:`PrunableAttention`, in place (idempotent)."""
+    for block in encoder.blocks:
+        if not isinstance(block.attn, PrunableAttention):
+            block.attn = PrunableAttention.from_attention(block.attn)
+    return encoder
+
+
+def head_dim(encoder: ImageEncoderViT) -> int:
+    """Channels per head (64 for every SAM model); fixed by pruning."""
+    attn = encoder.blocks[0].attn
+    if isinstance(attn, PrunableAttention):
+        return attn.head_dim
+    return attn.qkv.out_features // (3 * attn.num_heads)
+
+
+def heads_per_block(encoder: ImageEncoderViT) -> list[int]:
+    """Heads each block holds, read from the ``qkv`` weights."""
+    hd = head_dim(encoder)
+    return [blk.attn.qkv.out_features // (3 * hd) for blk in encoder.blocks]
+
+
+def mlp_per_block(encoder: ImageEncoderViT) -> list[int]:
+    """MLP hidden width of each block, read from ``lin1``."""
+    return [blk.mlp.lin1.out_features for blk in encoder.blocks]
+
+
+def attention_linears(block: Block) -> tuple[nn.Linear, nn.Linear]:
+    """(qkv, proj) of a block."""
+    return block.attn.qkv, block.attn.proj
+
+
+def mlp_linears(block: Block) -> tuple[nn.Linear, nn.Linear]:
+    """(lin1, lin2) of a block."""
+    return block.mlp.lin1, block.mlp.lin2
+
+
+def head_channels(head: int, hd: int) -> list[int]:
+    """Input channels of ``proj`` that belong to ``head`` (head-major layout)."""
+    return list(range(head * hd, (head + 1) * hd))
+
+
+def head_qkv_rows(head: int, num_heads: int, hd: int) -> list[int]:
+    """Rows of the fused ``qkv`` weight owned by ``head``: its Q, K and V slices."""
+    width = num_heads * hd
+    return [part * width + i for part in range(3) for i in head_channels(head, hd)]
+
+
+def unwrapped_parameters(encoder: ImageEncoderViT) -> list[tuple[nn.Parameter, int]]:
+    """Parameters outside standard layers, with the dimension that holds channels.
+
+    ``pos_embed`` carries the residual width (dim 3); the neck's LayerNorm2d its own width (dim 0);
+    rel-pos tables are listed with head_dim (dim 1) only so Torch-Pruning does not warn about them:
+    they never enter the traced graph (see :class:`PrunableAttention`).
+    """
+    params: list[tuple[nn.Parameter, int]] = []
+    if encoder.pos_embed is not None:
+        params.append((encoder.pos_embed, 3))
+    for blk in encoder.blocks:
+        if blk.attn.use_rel_pos:
+            params += [(blk.attn.rel_pos_h, 1), (blk.attn.rel_pos_w, 1)]
+    for layer in encoder.neck:
+        if not isinstance(layer, nn.Conv2d):
+            params += [(p, 0) for p in layer.parameters(recurse=False)]
+    return params
+
+
+def head_root(encoder: ImageEncoderViT, block: int, heads: list[int]) -> tuple[nn.Linear, list[int]]:
+    """Where Torch-Pruning roots the removal of ``heads`` of ``block``: ``proj``'s input channels.
+
+    Rooting at ``proj`` (as Torch-Pruning does for attention groups) lets the graph map the channels
+    back through the unbind to the Q, K and V rows of ``qkv``.
+    """
+    hd = head_dim(encoder)
+    return encoder.blocks[block].attn.proj, [c for h in heads for c in head_channels(h, hd)]
+
+
+def mlp_root(encoder: ImageEncoderViT, block: int, channels: list[int]) -> tuple[nn.Linear, list[int]]:
+    """Where the removal of MLP hidden ``channels`` of ``block`` is rooted: ``lin1``'s outputs."""
+    return encoder.blocks[block].mlp.lin1, list(channels)
+
+
+def expected_qkv_rows(encoder: ImageEncoderViT, block: int, heads: list[int]) -> list[int]:
+    """The fused ``qkv`` rows a correct head group must remove (used to check the graph)."""
+    hd = head_dim(encoder)
+    nh = heads_per_block(encoder)[block]
+    return sorted(r for h in heads for r in head_qkv_rows(h, nh, hd))
+
+
+def ignored_layers(encoder: ImageEncoderViT) -> list[nn.Module]:
+    """Layers whose output channels must not move: patch embedding (the residual width) and neck."""
+    return [encoder.patch_embed, encoder.neck]
+
+
+def resize(encoder: ImageEncoderViT, heads: list[int], mlp: list[int]) -> None:
+    """Give each block ``heads[b]`` heads and ``mlp[b]`` MLP channels (fresh, uninitialised weights).
+
+    Used to rebuild a pruned architecture before loading its state dict; rel-pos tables, head_dim and
+    scale stay as built.
+    """
+    if len(heads) != len(encoder.blocks) or len(mlp) != len(encoder.blocks):
+        raise ValueError(f"expected {len(encoder.blocks)} blocks, got {len(heads)} head and {len(mlp)} MLP entries")
+    hd = head_dim(encoder)
+    for blk, nh, width in zip(encoder.blocks, heads, mlp, strict=True):
+        attn, dim = blk.attn, blk.attn.qkv.in_features
+        if nh != attn.qkv.out_features // (3 * hd):
+            attn.qkv = _like(attn.qkv, dim, 3 * nh * hd)
+            attn.proj = _like(attn.proj, nh * hd, dim)
+            if not isinstance(attn, PrunableAttention):
+                attn.num_heads = nh
+        if width != blk.mlp.lin1.out_features:
+            blk.mlp.lin1 = _like(blk.mlp.lin1, dim, width)
+            blk.mlp.lin2 = _like(blk.mlp.lin2, width, dim)
+
+
+def _like(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(
+        in_features,
+        out_features,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """What a block's cost depends on: tokens, attention span, widths."""
+
+    tokens: int  # N = (img/patch)^2
+    attended: int  # keys each query sees: window^2, or N for global attention
+    dim: int
+    head_dim: int
+
+
+def geometry(encoder: ImageEncoderViT) -> Iterator[BlockGeometry]:
+    """Per-block geometry at the encoder's native input size."""
+    patch = encoder.patch_embed.proj.kernel_size[0]
+    side = encoder.img_size // patch
+    hd = head_dim(encoder)
+    for blk in encoder.blocks:
+        span = blk.window_size**2 if blk.window_size > 0 else side * side
+        yield BlockGeometry(tokens=side * side, attended=span, dim=blk.attn.qkv.in_features, head_dim=hd)
+
+
+def paper_flops(encoder: ImageEncoderViT) -> dict[str, float]:
+    """FLOPs (2 x MACs) in the paper's convention at the native input size.
+
+    Counts the patch embedding, qkv/proj projections and the two attention matmuls per head
+    (on the unpadded tokens; windowed heads attend window^2 keys), and both MLP projections.
+    Neck, LayerNorm, softmax, biases and the relative-position bias are ignored.
+    Returns ``patch_embed``, ``attention``, ``mlp``, ``total`` and ``block_<i>`` entries.
+    """
+    conv = encoder.patch_embed.proj
+    side = encoder.img_size // conv.kernel_size[0]
+    patch = 2.0 * side * side * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    out = {"patch_embed": patch, "attention": 0.0, "mlp": 0.0}
+    for i, (geo, nh, width) in enumerate(
+        zip(geometry(encoder), heads_per_block(encoder), mlp_per_block(encoder), strict=True)
+    ):
+        per_head = (
+            2.0 * geo.tokens * geo.dim * 3 * geo.head_dim  # qkv
+            + 2.0 * geo.tokens * geo.head_dim * geo.dim  # proj
+            + 4.0 * geo.tokens * geo.attended * geo.head_dim  # q k^T and attn v
+        )
+        attn = nh * per_head
+        mlp = width * 4.0 * geo.tokens * geo.dim
+        out["attention"] += attn
+        out["mlp"] += mlp
+        out[f"block_{i}"] = attn + mlp
+    out["total"] = out["patch_embed"] + out["attention"] + out["mlp"]
+    return out
+
+
+def zero_groups_hooks(encoder: ImageEncoderViT, removed_heads: dict[int, list[int]], removed_mlp: dict[int, list[int]]):
+    """Forward pre-hooks that zero the given heads' outputs and MLP channels in a dense encoder.
+
+    A dense encoder with these hooks computes what the physically pruned encoder computes; used to
+    check removals. Returns the hook handles (call ``.remove()`` on each).
+    """
+    handles = []
+    hd = head_dim(encoder)
+    for b, heads in removed_heads.items():
+        chans = [c for h in heads for c in head_channels(h, hd)]
+        handles.append(encoder.blocks[b].attn.proj.register_forward_pre_hook(_zeroer(chans)))
+    for b, chans in removed_mlp.items():
+        handles.append(encoder.blocks[b].mlp.lin2.register_forward_pre_hook(_zeroer(list(chans))))
+    return handles
+
+
+def _zeroer(channels: list[int]):
+    index = torch.tensor(channels, dtype=torch.long)
+
+    def hook(_module, args):
+        x = args[0].clone()
+        x[..., index.to(x.device)] = 0
+        return (x,) + tuple(args[1:])
+
+    return hook

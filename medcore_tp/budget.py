@@ -1,0 +1,133 @@
+"""Budgets: how many heads and MLP channels each block gives up.
+
+Conventions (the paper's): a heads ratio is a fraction of ALL heads of the encoder and an MLP ratio a
+fraction of ALL MLP channels, protected blocks included in the denominators; the removals are taken
+from unprotected blocks only; each block keeps at least one head and ``round(0.05 * width)`` channels.
+The total is shared in proportion to per-block weights (uniform, or ``1 / s_b`` for MedCore),
+capped by what each block can give, and the rounding remainder is placed greedily.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from medcore_tp.errors import MedcoreError
+
+MIN_HEADS = 1
+MIN_MLP_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Groups to remove per block."""
+
+    heads: list[int]
+    mlp: list[int]
+
+    @property
+    def total_heads(self) -> int:
+        return sum(self.heads)
+
+    @property
+    def total_mlp(self) -> int:
+        return sum(self.mlp)
+
+
+def min_mlp_width(width: int) -> int:
+    """Channels a block with ``width`` MLP channels must keep."""
+    return max(1, round(MIN_MLP_FRACTION * width))
+
+
+def removable(heads: Sequence[int], mlp: Sequence[int], protect: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Per block, the most heads and MLP channels that may go (0 in protected blocks)."""
+    prot = set(protect)
+    cap_h = [0 if b in prot else max(0, n - MIN_HEADS) for b, n in enumerate(heads)]
+    cap_m = [0 if b in prot else max(0, w - min_mlp_width(w)) for b, w in enumerate(mlp)]
+    return cap_h, cap_m
+
+
+def allocate(total: int, capacity: Sequence[int], weights: Sequence[float] | None = None) -> list[int]:
+    """Share ``total`` among blocks in proportion to ``weights``, never above ``capacity``.
+
+    Real-valued water-filling first (blocks that hit their cap hand the rest to the others), then the
+    floors, then the remainder one unit at a time to the largest fractional parts (ties: larger
+    weight, then lower index). Raises ``ValueError`` when ``total`` exceeds the summed capacity.
+    """
+    n = len(capacity)
+    w = [1.0] * n if weights is None else [float(x) for x in weights]
+    if len(w) != n:
+        raise ValueError(f"{n} capacities but {len(w)} weights")
+    if total < 0 or total > sum(capacity):
+        raise ValueError(f"cannot place {total} in capacities summing to {sum(capacity)}")
+    if any(x < 0 or not math.isfinite(x) for x in w):
+        raise ValueError("weights must be finite and non-negative")
+    share = [0.0] * n
+    open_ = [i for i in range(n) if capacity[i] > 0 and w[i] > 0]
+    left = float(total)
+    while open_ and left > 1e-9:
+        wsum = sum(w[i] for i in open_)
+        level = left / wsum
+        capped = [i for i in open_ if level * w[i] >= capacity[i] - share[i]]
+        if not capped:
+            for i in open_:
+                share[i] += level * w[i]
+            break
+        for i in capped:
+            left -= capacity[i] - share[i]
+            share[i] = float(capacity[i])
+        open_ = [i for i in open_ if i not in capped]
+    alloc = [min(capacity[i], math.floor(share[i] + 1e-9)) for i in range(n)]
+    rest = total - sum(alloc)
+    order = sorted(range(n), key=lambda i: (-(share[i] - alloc[i]), -w[i], i))
+    while rest > 0:
+        # Zero-weight blocks take units only once the weighted ones are full.
+        room = [i for i in order if alloc[i] < capacity[i] and w[i] > 0] or [
+            i for i in order if alloc[i] < capacity[i]
+        ]
+        for i in room[:rest]:
+            alloc[i] += 1
+        rest -= min(rest, len(room))
+    return alloc
+
+
+def check_protect(protect: Sequence[int], n_blocks: int) -> list[int]:
+    """Validate protected block indices (``--protect-blocks``)."""
+    bad = [b for b in protect if not 0 <= b < n_blocks]
+    if bad:
+        raise MedcoreError(f"--protect-blocks {bad[0]}: the encoder has blocks 0-{n_blocks - 1}")
+    return sorted(set(protect))
+
+
+def ratio_budget(
+    heads: Sequence[int],
+    mlp: Sequence[int],
+    heads_ratio: float,
+    mlp_ratio: float,
+    protect: Sequence[int] = (),
+    weights: Sequence[float] | None = None,
+) -> Budget:
+    """Per-block removals for head and MLP ratios (fractions of all heads / all MLP channels).
+
+    Raises :class:`MedcoreError` (naming ``--heads-ratio`` / ``--mlp-ratio``) for a ratio outside
+    [0, 1) or one that the minimum widths cannot honour; the message gives the largest allowed ratio.
+    """
+    protect = check_protect(protect, len(heads))
+    cap_h, cap_m = removable(heads, mlp, protect)
+    out = []
+    for option, ratio, widths, cap, unit in (
+        ("--heads-ratio", heads_ratio, heads, cap_h, "heads"),
+        ("--mlp-ratio", mlp_ratio, mlp, cap_m, "MLP channels"),
+    ):
+        if not (0.0 <= ratio < 1.0) or not math.isfinite(ratio):
+            raise MedcoreError(f"{option} {ratio}: must be in [0, 1)")
+        want = round(ratio * sum(widths))
+        if want > sum(cap):
+            where = f" with blocks {','.join(map(str, protect))} protected" if protect else ""
+            raise MedcoreError(
+                f"{option} {ratio}: asks for {want} {unit} but at most {sum(cap)} can go{where} "
+                f"(largest ratio {sum(cap) / sum(widths):.4f})"
+            )
+        out.append(allocate(want, cap, weights))
+    return Budget(heads=out[0], mlp=out[1])

@@ -1,0 +1,31 @@
+"""The ``medcore-tp`` command line: thin Click commands that parse options and call the library."""
+
+from __future__ import annotations
+
+import click
+
+from medcore_tp.errors import MedcoreError
+
+
+class _Group(click.Group):
+    """A Click group that turns library errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedcoreError as exc:
+            raise click.UsageError(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="medcore-tp")
+def main() -> None:
+    """Boundary-preserving structured pruning of MedSAM-style encoders."""
+
+
+def _register() -> None:
+    # Imported here so that each command lives in its own module and the group stays tiny.
+    from medcore_tp.cli import info, prune  # noqa: F401
+
+
+_register()

@@ -1,0 +1,30 @@
+"""Option parsing and printing shared by the commands."""
+
+from __future__ import annotations
+
+import click
+
+from medcore_tp.models import MODEL_NAMES
+
+model_option = click.option(
+    "--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="Model architecture."
+)
+
+
+def parse_int_list(option: str, text: str | None) -> list[int]:
+    """``"10,11"`` -> ``[10, 11]``; a clear error names ``option`` otherwise."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    """A plain fixed-width text table."""
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Building and loading models by name."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from segment_anything.modeling import Sam
+
+from medcore_tp.errors import MedcoreError
+from medcore_tp.models.loading import dense_state_dict, load_into, read_checkpoint
+from medcore_tp.models.sam import SAM_CONFIGS, SamConfig, build_sam
+
+MODEL_NAMES: tuple[str, ...] = tuple(SAM_CONFIGS)
+
+
+def model_config(name: str) -> SamConfig:
+    """The configuration registered under ``name``."""
+    try:
+        return SAM_CONFIGS[name]
+    except KeyError:
+        raise MedcoreError(f"--model {name}: unknown model, choose one of {', '.join(MODEL_NAMES)}") from None
+
+
+def build_model(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Sam:
+    """Build model ``name`` (``medsam``, ``sam-vit-b``, ``sam-vit-l``, ``sam-vit-h``, ``tiny``).
+
+    With ``checkpoint`` the dense weights are loaded (raw state dict or ``{"model": ...}`` training
+    checkpoint, ``module.`` prefixes allowed); without it the weights are random. ``device="meta"``
+    builds the architecture only (for counting). Returns the model in eval mode.
+    """
+    config = model_config(name)
+    with torch.device(device):
+        model = build_sam(config)
+    if checkpoint is not None:
+        state = dense_state_dict(read_checkpoint(checkpoint), checkpoint)
+        load_into(model, state, checkpoint, name)
+    return model
+
+
+__all__ = ["MODEL_NAMES", "build_model", "model_config"]

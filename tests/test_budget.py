@@ -1,0 +1,61 @@
+"""Budgets: totals, minimum widths, protected blocks, proportional sharing."""
+
+from __future__ import annotations
+
+import pytest
+
+from medcore_tp import MedcoreError
+from medcore_tp.budget import allocate, min_mlp_width, ratio_budget
+
+
+def test_paper_config_on_vit_b():
+    b = ratio_budget([12] * 12, [3072] * 12, 0.5, 0.7, protect=[10, 11])
+    assert (b.total_heads, b.total_mlp) == (72, 25_805)
+    assert b.heads[10:] == [0, 0] and b.mlp[10:] == [0, 0]
+    assert sorted(set(b.heads[:10])) == [7, 8] and sorted(set(b.mlp[:10])) == [2580, 2581]
+    # the paper's parameter arithmetic: 196,800 per head, 1,537 per MLP channel
+    assert 72 * 196_800 + 25_805 * 1_537 == 89_670_912 - 35_839_027
+
+
+def test_minimum_widths_and_max_ratio():
+    assert min_mlp_width(3072) == 154
+    b = ratio_budget([12] * 12, [3072] * 12, 110 / 144, 10 * (3072 - 154) / 36864, protect=[10, 11])
+    assert b.heads[:10] == [11] * 10 and b.mlp[:10] == [3072 - 154] * 10
+
+
+def test_allocation_is_proportional_and_capped():
+    alloc = allocate(60, [50, 50, 50], [1.0, 2.0, 3.0])
+    assert alloc == [10, 20, 30]
+    alloc = allocate(100, [10, 50, 50], [10.0, 1.0, 1.0])  # block 0 capped, the rest shared equally
+    assert alloc == [10, 45, 45]
+    alloc = allocate(7, [5, 5, 5], [1.0, 1.0, 1.0])
+    assert sum(alloc) == 7 and max(alloc) - min(alloc) <= 1
+    assert allocate(5, [3, 3, 3], [1.0, 1.0, 0.0]) == [3, 2, 0]  # tie: lower block index first
+    assert allocate(8, [3, 3, 3], [1.0, 1.0, 0.0]) == [3, 3, 2]  # zero weight only once the rest is full
+    with pytest.raises(ValueError):
+        allocate(10, [3, 3], None)
+
+
+def test_lower_weight_gives_less():
+    alloc = allocate(300, [1000] * 4, [1 / 4.0, 1 / 3.0, 1 / 2.0, 1 / 1.0])
+    assert alloc == sorted(alloc) and sum(alloc) == 300
+
+
+@pytest.mark.parametrize(
+    "heads_ratio, mlp_ratio, message",
+    [
+        (1.0, 0.1, r"--heads-ratio 1.0: must be in \[0, 1\)"),
+        (-0.1, 0.1, r"--heads-ratio -0.1: must be in \[0, 1\)"),
+        (0.1, 1.5, r"--mlp-ratio 1.5: must be in \[0, 1\)"),
+        (0.9, 0.1, r"asks for 130 heads but at most 110 can go with blocks 10,11 protected \(largest ratio 0.7639\)"),
+        (0.1, 0.8, r"--mlp-ratio 0.8: asks for 29491 MLP channels but at most 29180 can go"),
+    ],
+)
+def test_bad_ratios(heads_ratio, mlp_ratio, message):
+    with pytest.raises(MedcoreError, match=message):
+        ratio_budget([12] * 12, [3072] * 12, heads_ratio, mlp_ratio, protect=[10, 11])
+
+
+def test_bad_protected_block():
+    with pytest.raises(MedcoreError, match="--protect-blocks 12: the encoder has blocks 0-11"):
+        ratio_budget([12] * 12, [3072] * 12, 0.1, 0.1, protect=[12])

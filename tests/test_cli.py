@@ -1,0 +1,103 @@
+"""The ``medcore-tp`` commands end to end on the tiny model, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medcore_tp import load_pruned, save_pruned
+from medcore_tp.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_info_json_dense():
+    res = run("info", "--model", "sam-vit-b", "--json")
+    assert res.exit_code == 0
+    data = json.loads(res.output)
+    assert data["encoder_params"] == 89_670_912
+    assert data["heads_per_block"] == [12] * 12 and data["mlp_per_block"] == [3072] * 12
+    assert data["flops_paper_g"] == pytest.approx(926.5, rel=0.005)
+    assert data["flops_torch_g"] == pytest.approx(972.0, rel=0.005)
+
+
+def test_prune_then_info_and_reload(tmp_path):
+    out = tmp_path / "out"
+    res = run("prune", "--model", "tiny", "--random-init", "--importance", "magnitude",
+              "--heads-ratio", 0.25, "--mlp-ratio", 0.5, "--protect-blocks", "3", "--out", out)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["heads_per_block"] == [2, 3, 3, 4]  # 4 of 16 heads from blocks 0-2, remainder to block 0
+    assert summary["mlp_per_block"][3] == 256 and sum(256 - m for m in summary["mlp_per_block"]) == 512
+    for key in ("encoder_params_before", "encoder_params_after", "params_before", "params_after",
+                "flops_torch_g_before", "flops_torch_g_after", "flops_paper_g_before", "flops_paper_g_after",
+                "importance"):
+        assert key in summary
+    model = load_pruned(out / "pruned.pth")
+    assert sum(p.numel() for p in model.image_encoder.parameters()) == summary["encoder_params_after"]
+    info = json.loads(run("info", "--model", "tiny", "--checkpoint", out / "pruned.pth", "--json").output)
+    assert info["pruned"] and info["encoder_params"] == summary["encoder_params_after"]
+    assert info["flops_paper_g"] == pytest.approx(summary["flops_paper_g_after"])
+
+
+@pytest.mark.parametrize("importance", ["random", "magnitude"])
+def test_prune_importances_run(tmp_path, importance):
+    res = run("prune", "--model", "tiny", "--random-init", "--importance", importance,
+              "--heads-ratio", 0.5, "--mlp-ratio", 0.5, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "summary.json").read_text())["importance"] == importance
+
+
+def _error(res):
+    assert res.exit_code == 2
+    lines = [line for line in res.output.strip().splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--heads-ratio", 1.2, "--mlp-ratio", 0.1], "--heads-ratio 1.2: must be in [0, 1)"),
+        (["--heads-ratio", 0.1, "--mlp-ratio", -0.5], "--mlp-ratio -0.5: must be in [0, 1)"),
+        (["--heads-ratio", 0.9, "--mlp-ratio", 0.1, "--protect-blocks", "0"], "largest ratio 0.5625"),
+        (["--heads-ratio", 0.1, "--mlp-ratio", 0.1, "--protect-blocks", "x"], "'x' is not a comma-separated list"),
+    ],
+)
+def test_bad_ratios_fail_before_any_work(tmp_path, args, message):
+    out = tmp_path / "out"
+    res = run("prune", "--model", "tiny", "--random-init", "--out", out, *args)
+    assert message in _error(res)
+    assert not out.exists()
+
+
+def test_random_weights_must_be_asked_for(tmp_path):
+    res = run("prune", "--model", "tiny", "--heads-ratio", 0.1, "--mlp-ratio", 0.1, "--out", tmp_path / "o")
+    assert "--random-init" in _error(res)
+
+
+def test_bad_checkpoints_give_one_line(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00garbage")
+    res = run("info", "--model", "tiny", "--checkpoint", bad)
+    assert "bad.pth: not a readable torch checkpoint" in _error(res)
+    res = run("info", "--model", "tiny", "--checkpoint", tmp_path / "missing.pth")
+    assert "missing.pth: file not found" in _error(res)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1)}, wrong)
+    res = run("prune", "--model", "tiny", "--checkpoint", wrong, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
+              "--out", tmp_path / "o")
+    assert "does not match tiny: missing keys" in _error(res)
+
+
+def test_pruned_checkpoint_refused_by_prune(tmp_path, tiny_model):
+    path = tmp_path / "pruned.pth"
+    save_pruned(tiny_model, path, base="tiny")
+    res = run("prune", "--model", "tiny", "--checkpoint", path, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
+              "--out", tmp_path / "o")
+    assert "is a pruned medcore-tp checkpoint (base tiny), a dense one is expected" in _error(res)
