@@ -60,7 +60,24 @@ class PruningSpec:
             "unwrapped_parameters": adapter_for(self.encoder).unwrapped_parameters(self.encoder),
             "in_channel_groups": {},
             "out_channel_groups": {},
+            "forward_fn": trace_on_meta,
         }
+
+
+def trace_on_meta(module: nn.Module, example_inputs: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` for Torch-Pruning's tracer with meta-device copies of its tensors.
+
+    The tracer only needs the autograd graph and which module produced which tensor, not numbers:
+    swapping in meta parameters (same modules, same hooks) turns a full-size ViT-B trace from a real
+    1024x1024 forward (tens of seconds on a CPU) into well under a second.
+    """
+    params = {
+        name: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
+        for name, t in module.named_parameters()
+    }
+    buffers = {name: torch.empty_like(t, device="meta") for name, t in module.named_buffers()}
+    x = torch.empty_like(example_inputs, device="meta")
+    return torch.func.functional_call(module, {**params, **buffers}, (x,), strict=True)
 
 
 def prepare_pruning(model: nn.Module, example_inputs: torch.Tensor | None = None) -> PruningSpec:
@@ -82,6 +99,7 @@ def build_graph(spec: PruningSpec) -> tp.DependencyGraph:
     return tp.DependencyGraph().build_dependency(
         spec.encoder,
         example_inputs=spec.example_inputs,
+        forward_fn=trace_on_meta,
         unwrapped_parameters=adapter_for(spec.encoder).unwrapped_parameters(spec.encoder),
         verbose=False,
     )
