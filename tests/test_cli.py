@@ -101,3 +101,12 @@ def test_pruned_checkpoint_refused_by_prune(tmp_path, tiny_model):
     res = run("prune", "--model", "tiny", "--checkpoint", path, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
               "--out", tmp_path / "o")
     assert "is a pruned medcore-tp checkpoint (base tiny), a dense one is expected" in _error(res)
+
+
+def test_taylor_uses_calibration_gradients(tmp_path):
+    res = run("prune", "--model", "tiny", "--random-init", "--importance", "taylor", "--calib-size", 2,
+              "--heads-ratio", 0.25, "--mlp-ratio", 0.25, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "SYNTHETIC" in res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["calibration"] == {"source": "synthetic", "samples": 2}

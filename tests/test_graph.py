@@ -170,3 +170,21 @@ def test_bad_plans_are_refused_before_anything_changes(tiny_model, plan, message
     with pytest.raises(MedcoreError, match=message):
         apply_plan(tiny_model.image_encoder, plan)
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+
+
+def test_taylor_budget_removes_the_lowest_first_order_heads(tiny_model):
+    from medcore_tp.calibration import accumulate_gradients, synthetic_batch
+
+    assert accumulate_gradients(tiny_model, [synthetic_batch(2, 128)]) == 2
+    enc = tiny_model.image_encoder
+    scores = []  # independent: |w * dL/dw| summed over each head's qkv rows and proj columns
+    for b in enc.blocks:
+        q, p = b.attn.qkv, b.attn.proj
+        rows = (q.weight * q.weight.grad).abs().sum(1)
+        cols = (p.weight * p.weight.grad).abs().sum(0)
+        per_ch = rows[:64] + rows[64:128] + rows[128:] + cols
+        scores.append(per_ch.view(4, 16).mean(1))
+    budget = ratio_budget([4] * 4, [256] * 4, 0.25, 0.0)
+    plan = prune_by_budget(tiny_model, make_importance("taylor"), budget)
+    for b, bp in plan.items():
+        assert set(bp.heads) == set(torch.argsort(scores[b])[: budget.heads[b]].tolist())

@@ -11,6 +11,7 @@ import torch
 from medcore_tp.arch import adapter_for
 from medcore_tp.atomic import save_json
 from medcore_tp.budget import ratio_budget
+from medcore_tp.calibration import accumulate_gradients, synthetic_batch
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_int_list, table
@@ -27,6 +28,8 @@ from medcore_tp.prune import IMPORTANCE_NAMES, make_importance, prune_by_budget,
 @click.option("--heads-ratio", type=float, required=True, help="Fraction of ALL heads to remove, in [0, 1).")
 @click.option("--mlp-ratio", type=float, required=True, help="Fraction of ALL MLP channels to remove, in [0, 1).")
 @click.option("--protect-blocks", default="", help="Comma-separated blocks left untouched, e.g. 10,11.")
+@click.option("--calib-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Built-in synthetic images whose loss gradients feed the taylor importance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (random importance, init).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 def prune(
@@ -37,6 +40,7 @@ def prune(
     heads_ratio: float,
     mlp_ratio: float,
     protect_blocks: str,
+    calib_size: int,
     seed: int,
     out_dir: str,
 ) -> None:
@@ -55,6 +59,12 @@ def prune(
     start = time.perf_counter()
     model = build_model(model_name, checkpoint)
     before = profile_model(model)
+    calibration = None
+    if importance == "taylor":
+        click.echo(f"taylor: gradients of the segmentation loss on {calib_size} built-in SYNTHETIC images "
+                   "(not medical data)")
+        batch = synthetic_batch(calib_size, model.image_encoder.img_size, seed=seed)
+        calibration = {"source": "synthetic", "samples": accumulate_gradients(model, [batch])}
     plan = prune_by_budget(model, make_importance(importance), budget)
     after = profile_model(model)
     os.makedirs(out_dir, exist_ok=True)
@@ -62,7 +72,7 @@ def prune(
     record = summary(
         before, after, budget, plan,
         model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
-        heads_ratio=heads_ratio, mlp_ratio=mlp_ratio, protect_blocks=protect, seed=seed,
+        heads_ratio=heads_ratio, mlp_ratio=mlp_ratio, protect_blocks=protect, seed=seed, calibration=calibration,
         seconds=time.perf_counter() - start,
     )
     save_json(record, os.path.join(out_dir, "summary.json"))

@@ -1,0 +1,80 @@
+"""Calibration batches and gradients for gradient-based importances (Taylor).
+
+A calibration sample is a preprocessed image in [0, 1], its tight box from the mask, and the mask at
+the low-res logit size. Without user data the built-in synthetic set is used (and said so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from medcore_tp.data import box_from_mask, mask_to_size, preprocess_image
+from medcore_tp.inference import forward_logits
+from medcore_tp.synthetic import synthetic_pairs
+
+
+@dataclass
+class CalibrationBatch:
+    """Images (B, 3, S, S) in [0, 1], boxes (B, 4) in the input frame, masks (B, S/4, S/4) bool."""
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    masks: torch.Tensor
+
+
+def batch_from_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int) -> CalibrationBatch:
+    """Preprocess (image, mask) pairs for a model with input side ``size`` (tight boxes)."""
+    images, boxes, masks = [], [], []
+    for image, mask in pairs:
+        images.append(torch.from_numpy(preprocess_image(image, size)))
+        boxes.append(torch.from_numpy(box_from_mask(mask_to_size(mask, size))))
+        masks.append(torch.from_numpy(mask_to_size(mask, size // 4)))
+    return CalibrationBatch(torch.stack(images), torch.stack(boxes).float(), torch.stack(masks))
+
+
+def synthetic_batch(n: int, size: int, seed: int = 0) -> CalibrationBatch:
+    """``n`` samples of the built-in synthetic set, preprocessed for input side ``size``."""
+    return batch_from_pairs(synthetic_pairs(n=n, size=256, seed=seed), size)
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of BCE + soft Dice (squared denominator) on low-res logits (B, 1, h, w)."""
+    target = masks.to(logits.dtype).unsqueeze(1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1e-5) / (p.pow(2).sum(1) + t.pow(2).sum(1) + 1e-5)
+    return (bce + dice).mean()
+
+
+def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_size: int = 1) -> int:
+    """Fill ``.grad`` of the encoder with the summed gradient of :func:`segmentation_loss`.
+
+    Runs in train mode (SAM has no dropout or batch norm, so the maths is the same) so that every
+    parameter receives its gradient. Returns the number of samples seen.
+    """
+    encoder = model.image_encoder
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    seen = 0
+    try:
+        for batch in batches:
+            for start in range(0, len(batch.images), batch_size):
+                sl = slice(start, start + batch_size)
+                logits = forward_logits(model, batch.images[sl], batch.boxes[sl])
+                segmentation_loss(logits, batch.masks[sl].to(logits.device)).backward()
+                seen += len(batch.images[sl])
+    finally:
+        model.train(was_training)
+    scored = {id(p) for p in encoder.parameters()}
+    for p in model.parameters():
+        if id(p) not in scored:
+            p.grad = None  # only the encoder is being scored
+    return seen

@@ -1,0 +1,79 @@
+"""``medcore-tp evaluate``: Dice, IoU, Boundary F1, HD95 and NSD of a dense or pruned model."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from medcore_tp.checkpoint import load_model
+from medcore_tp.cli import main
+from medcore_tp.cli._common import model_option, table
+from medcore_tp.errors import MedcoreError
+from medcore_tp.evaluate import evaluate as run_evaluation
+from medcore_tp.metrics import METRIC_NAMES
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MedcoreError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:1...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedcoreError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+@main.command("evaluate")
+@model_option
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Dense or medcore-tp pruned checkpoint.")
+@click.option("--random-init", is_flag=True, help="Evaluate random weights (smoke tests, timing).")
+@click.option("--data", "data", required=True, help="Dataset folder(s) with images/ and masks/, comma-separated.")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
+@click.option("--splits", "splits_file", type=click.Path(dir_okay=False),
+              help="splits.json to reuse (created if missing) [default: OUT/splits.json].")
+@click.option("--box-jitter", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Widen each box side by 0..N px (input frame), fixed per file.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/evaluate", show_default=True,
+              help="Folder for per_image.csv, summary.json (and splits.json).")
+@click.option("--resolution", type=click.Choice(["input", "original"]), default="input", show_default=True,
+              help="Compare masks at the model's input size (METHOD.md) or at each image's own size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the splits and the box widening.")
+@click.option("--skip-bad", is_flag=True, help="Go on past unreadable or mismatched files; count them in the summary.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: str, split: str,
+             splits_file: str | None, box_jitter: int, out_dir: str, resolution: str, batch_size: int,
+             workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool) -> None:
+    """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
+    if (checkpoint is None) == (not random_init):
+        raise MedcoreError("give exactly one of --checkpoint PATH and --random-init")
+    data_dirs = [part.strip() for part in data.split(",") if part.strip()]
+    if not data_dirs:
+        raise MedcoreError("--data: no folder given")
+    if random_init:
+        torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
+    model, record = load_model(model_name, checkpoint)
+    model.to(_device(device))
+    info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None}
+    result = run_evaluation(model, data_dirs, split=split, splits_path=splits_file, out_dir=out_dir,
+                            box_jitter=box_jitter, seed=seed, batch_size=batch_size, num_workers=workers,
+                            skip_bad=skip_bad, resolution=resolution, progress=not no_progress, model_info=info)
+    summary = result.summary
+    rows = [(name, d["n"], d["skipped"], *(_fmt(d[m]) for m in METRIC_NAMES)) for name, d in summary["datasets"].items()]
+    macro = summary["macro"]
+    rows.append(("macro", summary["n_images"], summary["n_skipped"], *(_fmt(macro[m]) for m in METRIC_NAMES)))
+    kind = "pruned" if record else ("random init" if random_init else "dense")
+    scope = "all images" if split == "all" else f"{split} split"
+    click.echo(f"{model_name} ({kind}), {scope}, box jitter {box_jitter} px, metrics at {resolution} resolution")
+    click.echo(table(rows, ("dataset", "images", "skipped", "dice", "iou", "bf1", "hd95 px", "nsd")))
+    for bad in summary["skipped"]:
+        click.echo(f"skipped {bad['dataset']}/{bad['name']}: {bad['error']}", err=True)
+    click.echo(f"wrote {out_dir}/per_image.csv and {out_dir}/summary.json")

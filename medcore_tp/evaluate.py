@@ -1,0 +1,237 @@
+"""Evaluation: datasets -> box-prompted inference -> metrics per image -> per-dataset and macro means.
+
+Defaults follow METHOD.md: test split (seeded 60/20/20 per dataset), test boxes widened by 0-5 px
+deterministically per file, metrics at the model's input resolution with the ground truth resized
+nearest-neighbour (``resolution="original"`` compares at each image's own size instead).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from tqdm import tqdm
+
+from medcore_tp.atomic import save_json, save_text
+from medcore_tp.data import (
+    Sample,
+    SegmentationDataset,
+    collate,
+    load_datasets,
+    make_splits,
+    resolve_splits,
+    select_split,
+)
+from medcore_tp.errors import MedcoreError
+from medcore_tp.inference import input_size, logits_to_masks, predict_logits, upsample_logits
+from medcore_tp.metrics import METRIC_NAMES, all_metrics
+
+__all__ = ["CSV_COLUMNS", "EvalResult", "evaluate", "summarise"]
+
+RESOLUTIONS = ("input", "original")
+CSV_COLUMNS = (
+    "dataset", "name", "image", "mask", "height", "width", "eval_height", "eval_width",
+    "box_x0", "box_y0", "box_x1", "box_y1", "gt_pixels", "pred_pixels", *METRIC_NAMES,
+)
+
+
+@dataclass
+class EvalResult:
+    """Per-image rows (dicts keyed by :data:`CSV_COLUMNS`) and the summary written to summary.json."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _score(pred: np.ndarray, gt: np.ndarray, tolerance: int) -> dict[str, Any]:
+    scores = all_metrics(pred, gt, tolerance=tolerance, empty_distance=max(gt.shape))
+    scores["gt_pixels"] = int(gt.sum())
+    scores["pred_pixels"] = int(pred.sum())
+    return scores
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    # None rather than NaN: a dataset whose every file was skipped has no mean, and JSON has no NaN.
+    return float(np.mean(values)) if len(values) else None
+
+
+def summarise(rows: Sequence[dict[str, Any]], datasets: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-dataset means of every metric (with image counts) and their macro average.
+
+    The macro average weighs each dataset with at least one image equally, whatever its size; a
+    dataset without images has ``None`` means.
+    """
+    per_dataset: dict[str, Any] = {}
+    for name in datasets:
+        mine = [r for r in rows if r["dataset"] == name]
+        per_dataset[name] = {"n": len(mine), **{m: _mean([r[m] for r in mine]) for m in METRIC_NAMES}}
+    scored = [d for d in per_dataset.values() if d["n"]]
+    macro = {"n_datasets": len(scored), **{m: _mean([d[m] for d in scored]) for m in METRIC_NAMES}}
+    return per_dataset, macro
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _choose_samples(
+    data_dirs: Sequence[str | os.PathLike], split: str, splits_path: Path | None, seed: int
+) -> tuple[dict[str, list[Sample]], Path | None]:
+    datasets = load_datasets(data_dirs)
+    if split == "all":
+        return select_split(datasets, None, "all"), None  # no split, so no splits file is read or written
+    if splits_path is None:
+        splits = make_splits(datasets, seed)
+    else:
+        splits = resolve_splits(datasets, splits_path, seed)
+    chosen = select_split(datasets, splits, split)
+    for name, samples in chosen.items():
+        if not samples:
+            raise MedcoreError(
+                f"dataset '{name}' has no image in the {split} split ({len(datasets[name])} images in all); "
+                f"use --split all or a larger dataset"
+            )
+    return chosen, splits_path
+
+
+def evaluate(
+    model: Sam,
+    data_dirs: Sequence[str | os.PathLike],
+    *,
+    split: str = "test",
+    splits_path: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    box_jitter: int = 5,
+    seed: int = 42,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    skip_bad: bool = False,
+    resolution: str = "input",
+    tolerance: int = 2,
+    resize: str = "torch",
+    progress: bool = True,
+    model_info: dict[str, Any] | None = None,
+    metric_threads: int | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` (on its current device) on the ``split`` of every folder in ``data_dirs``.
+
+    Splits come from ``splits_path`` when that file exists and are written there otherwise; with
+    no ``splits_path`` they go to ``out_dir/splits.json`` (or are only computed, without
+    ``out_dir``). With ``out_dir``, ``per_image.csv`` and ``summary.json`` are written there,
+    atomically. ``skip_bad`` goes on past unreadable or inconsistent image/mask pairs and lists
+    them in the summary; without it the first one stops the run with a :class:`MedcoreError`.
+    Metrics are computed in ``metric_threads`` threads (default: half the CPU cores, at most 8;
+    SciPy and NumPy release the GIL, so they scale) while the next batch runs through the model.
+    """
+    if resolution not in RESOLUTIONS:
+        raise MedcoreError(f"--resolution must be one of {', '.join(RESOLUTIONS)}, got '{resolution}'")
+    if batch_size < 1:
+        raise MedcoreError(f"--batch-size must be >= 1, got {batch_size}")
+    started = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else None
+    if splits_path is None and out is not None and split != "all":
+        splits_path = out / "splits.json"
+    chosen, used_splits = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed)
+    samples = [s for group in chosen.values() for s in group]
+
+    size = input_size(model)
+    dataset = SegmentationDataset(samples, size, box_mode="deterministic", box_jitter=box_jitter,
+                                  seed=seed, skip_bad=skip_bad, resize=resize)
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    pending: list[tuple[list[int], np.ndarray, list[tuple[int, int]], Future]] = []
+    skipped: list[dict[str, str]] = []
+    bar = tqdm(total=len(samples), unit="img", desc="evaluate", disable=not progress, dynamic_ncols=True)
+    try:
+        threads = metric_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for batch in loader:
+                for index, message in batch["errors"]:
+                    s = samples[index]
+                    skipped.append({"dataset": s.dataset, "name": s.name, "error": message})
+                if batch["index"]:
+                    logits = upsample_logits(predict_logits(model, batch["image"], batch["box"]), (size, size))
+                    if resolution == "input":
+                        preds = list(logits_to_masks(logits).cpu().numpy())
+                        gts = list(batch["mask"].numpy())
+                    else:
+                        preds = [logits_to_masks(upsample_logits(logits[i : i + 1], shape))[0].cpu().numpy()
+                                 for i, shape in enumerate(batch["original_size"])]
+                        gts = batch["mask_original"]
+                    job = pool.submit(lambda p, g: [_score(a, b, tolerance) for a, b in zip(p, g, strict=True)], preds, gts)
+                    pending.append((batch["index"], batch["box"].numpy(), batch["original_size"], job))
+                bar.update(len(batch["index"]) + len(batch["errors"]))
+            rows = []
+            for indices, boxes, shapes, job in pending:
+                for index, box, shape, scores in zip(indices, boxes, shapes, job.result(), strict=True):
+                    eval_shape = (size, size) if resolution == "input" else shape
+                    rows.append(_row(samples[index], box, shape, eval_shape, scores))
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    if not rows:
+        raise MedcoreError(f"no image could be evaluated ({len(skipped)} skipped; first: {skipped[0]['error']})"
+                           if skipped else "no image to evaluate")
+    per_dataset, macro = summarise(rows, list(chosen))
+    for name in per_dataset:
+        per_dataset[name]["skipped"] = sum(1 for s in skipped if s["dataset"] == name)
+    seconds = time.perf_counter() - started
+    summary = {
+        "model": dict(model_info or {}, input_size=size),
+        "settings": {
+            "data": [str(d) for d in data_dirs], "split": split,
+            "splits_file": str(used_splits) if used_splits else None,
+            "box_mode": "deterministic" if box_jitter else "tight", "box_jitter": box_jitter, "seed": seed,
+            "resolution": resolution, "tolerance_px": tolerance, "resize": resize,
+            "batch_size": batch_size, "device": str(device),
+        },
+        "datasets": per_dataset,
+        "macro": macro,
+        "n_images": len(rows),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "seconds": seconds,
+        "images_per_second": len(rows) / seconds,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+    }
+    if out is not None:
+        save_text(_csv_text(rows), out / "per_image.csv")
+        save_json(summary, out / "summary.json")
+    return EvalResult(rows=rows, summary=summary, skipped=skipped)
+
+
+def _row(sample: Sample, box: np.ndarray, shape: tuple[int, int], eval_shape: tuple[int, int],
+         scores: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dataset": sample.dataset,
+        "name": sample.name,
+        "image": str(sample.image_path),
+        "mask": str(sample.mask_path),
+        "height": shape[0],
+        "width": shape[1],
+        "eval_height": eval_shape[0],
+        "eval_width": eval_shape[1],
+        "box_x0": float(box[0]), "box_y0": float(box[1]), "box_x1": float(box[2]), "box_y1": float(box[3]),
+        **scores,
+    }

@@ -1,0 +1,108 @@
+"""Box-prompted inference with a segment_anything ``Sam`` model, the MedSAM way.
+
+The preprocessed image (3, S, S) in [0, 1] goes straight into the image encoder (no pixel
+mean/std, as MedSAM does), the box through the prompt encoder, and the mask decoder returns one
+low-res logit map (S/4 x S/4). Logits are upsampled bilinearly to S x S and, when asked, from there
+to the original image size; ``sigmoid > 0.5`` gives the mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from medcore_tp.data import preprocess_image
+
+__all__ = ["forward_logits", "input_size", "logits_to_masks", "predict_logits", "segment", "upsample_logits"]
+
+
+def input_size(model: Sam) -> int:
+    """The model's square input side (``model.image_encoder.img_size``: 1024 for ViT-B)."""
+    return int(model.image_encoder.img_size)
+
+
+def _device(model: Sam) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def predict_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """:func:`forward_logits` without autograd (``torch.inference_mode``), for evaluation."""
+    return forward_logits(model, images, boxes)
+
+
+def forward_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Low-res mask logits (B, 1, S/4, S/4) for images (B, 3, S, S) and boxes (B, 4), differentiable.
+
+    Boxes are ``[x0, y0, x1, y1]`` in the input frame (pixels of the S x S image). Inputs are moved
+    to the model's device; the result stays there. Gradients flow as usual (calibration, training);
+    use :func:`predict_logits` to evaluate.
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or boxes.shape != (images.shape[0], 4):
+        raise ValueError(f"expected images (B, 3, S, S) and boxes (B, 4), got {tuple(images.shape)} and {tuple(boxes.shape)}")
+    device = _device(model)
+    images = images.to(device, dtype=torch.float32, non_blocking=True)
+    boxes = boxes.to(device, dtype=torch.float32, non_blocking=True)
+    embeddings = model.image_encoder(images)
+    image_pe = model.prompt_encoder.get_dense_pe()
+    sparse, dense = model.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
+    # segment_anything's decoder repeats the image embedding once per prompt of the batch, so a
+    # batch of B images with one box each must be decoded image by image.
+    logits = [
+        model.mask_decoder(
+            image_embeddings=embeddings[i : i + 1],
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse[i : i + 1],
+            dense_prompt_embeddings=dense[i : i + 1],
+            multimask_output=False,
+        )[0]
+        for i in range(images.shape[0])
+    ]
+    return torch.cat(logits, dim=0)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of (B, 1, h, w) logits to ``size`` = (H, W)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def logits_to_masks(logits: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(logits) > 0.5`` as a bool tensor, channel dimension dropped: (B, 1, H, W) -> (B, H, W)."""
+    return (torch.sigmoid(logits) > 0.5)[:, 0]
+
+
+def segment(
+    model: Sam,
+    images: Sequence[np.ndarray],
+    boxes: Sequence[Sequence[float]],
+    batch_size: int = 4,
+    resize: str = "torch",
+) -> list[np.ndarray]:
+    """Masks at each image's original size for (H, W, 3) images and boxes in original pixels.
+
+    Each box ``[x0, y0, x1, y1]`` is scaled into the S x S input frame; logits are upsampled to
+    S x S and then to (H, W). Runs on the model's device (CPU or CUDA), ``batch_size`` images at a
+    time. Returns one (H, W) bool array per image.
+    """
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+    size = input_size(model)
+    masks: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = torch.from_numpy(np.stack([preprocess_image(np.asarray(im, dtype=np.float32), size, resize) for im in chunk]))
+        scaled = []
+        for im, box in zip(chunk, boxes[start : start + batch_size], strict=True):
+            h, w = im.shape[:2]
+            scaled.append(np.asarray(box, dtype=np.float32) * np.array([size / w, size / h, size / w, size / h], dtype=np.float32))
+        logits = upsample_logits(predict_logits(model, batch, torch.from_numpy(np.stack(scaled))), (size, size))
+        for i, im in enumerate(chunk):
+            full = upsample_logits(logits[i : i + 1], im.shape[:2])
+            masks.append(logits_to_masks(full)[0].cpu().numpy())
+    return masks
