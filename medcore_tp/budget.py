@@ -131,3 +131,88 @@ def ratio_budget(
             )
         out.append(allocate(want, cap, weights))
     return Budget(heads=out[0], mlp=out[1])
+
+
+# The paper's configuration, the anchor of the --ratio rule.
+PAPER_RATIO = 0.6
+PAPER_HEADS_RATIO = 0.5
+PAPER_MLP_RATIO = 0.7
+RATIO_TOLERANCE = 0.005  # --ratio lands within half a point of R
+
+
+@dataclass(frozen=True)
+class RatioRule:
+    """What ``--ratio R`` turned into."""
+
+    heads_ratio: float
+    mlp_ratio: float
+    protect: list[int]
+    removed_fraction: float
+
+
+def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float, mlp_ratio: float,
+                   head_params: int, channel_params: int) -> int:
+    """Encoder parameters removed by these ratios (paper denominators, rounding as in the budget)."""
+    return round(heads_ratio * sum(heads)) * head_params + round(mlp_ratio * sum(mlp)) * channel_params
+
+
+def ratio_rule(
+    ratio: float,
+    heads: Sequence[int],
+    mlp: Sequence[int],
+    head_params: int,
+    channel_params: int,
+    encoder_params: int,
+    protect: Sequence[int] | None = None,
+) -> RatioRule:
+    """Turn a target fraction of encoder parameters into head / MLP ratios and protected blocks.
+
+    The rule keeps the paper's proportions: heads ratio = 0.5 s and MLP ratio = 0.7 s with
+    s = R / 0.6, so R = 0.6 is exactly the paper's configuration (60.03% on ViT-B) and other R land
+    within a rounding error of R on ViT-B (about R * 1.0005). Each ratio is capped at what the minimum
+    widths allow; once a cap binds, or where the straight line misses R by more than a quarter point
+    (encoders with another share of unprunable parameters), s is searched so that the removed fraction
+    is as close to R as possible.
+    ``protect=None`` protects the last two blocks (the paper's 10 and 11 on ViT-B) and lifts that
+    protection only when R cannot be reached with it; an explicit ``protect`` is kept as given.
+    Raises :class:`MedcoreError` for R outside (0, max], giving the maximum.
+    """
+    n = len(heads)
+    candidates = [list(protect)] if protect is not None else [[n - 2, n - 1] if n > 2 else [], []]
+    if ratio <= 0:
+        candidates = candidates[:1]  # nothing to search: report the bound for the first protection
+    for attempt, option in enumerate(candidates):
+        option = check_protect(option, n)
+        cap_h, cap_m = removable(heads, mlp, option)
+        max_h, max_m = sum(cap_h) / sum(heads), sum(cap_m) / sum(mlp)
+        # the largest ratios that still round to an allowed count
+        max_h = math.floor(max_h * sum(heads) + 1e-9) / sum(heads)
+        max_m = math.floor(max_m * sum(mlp) + 1e-9) / sum(mlp)
+
+        def frac(s: float, max_h: float = max_h, max_m: float = max_m) -> tuple[float, float, float]:
+            rh = min(PAPER_HEADS_RATIO * s, max_h)
+            rm = min(PAPER_MLP_RATIO * s, max_m)
+            return rh, rm, removed_params(heads, mlp, rh, rm, head_params, channel_params) / encoder_params
+
+        ceiling = frac(max(max_h / PAPER_HEADS_RATIO, max_m / PAPER_MLP_RATIO))[2]
+        if not (0.0 < ratio <= ceiling + 1e-12) or not math.isfinite(ratio):
+            if attempt == len(candidates) - 1:
+                where = f"with blocks {','.join(map(str, option))} protected" if option else "with no block protected"
+                raise MedcoreError(
+                    f"--ratio {ratio}: must be in (0, {math.floor(ceiling * 1e4) / 1e4:.4f}] {where} "
+                    "(every block keeps 1 head and 5% of its MLP channels)"
+                )
+            continue
+        s = ratio / PAPER_RATIO
+        rh, rm, f = frac(s)
+        capped = PAPER_HEADS_RATIO * s > max_h or PAPER_MLP_RATIO * s > max_m
+        # Encoders whose unprunable share differs from ViT-B's (tiny, ViT-L/H) miss R on the straight
+        # line; search there too.
+        if capped or abs(f - ratio) > RATIO_TOLERANCE / 2:
+            lo, hi = 0.0, max(max_h / PAPER_HEADS_RATIO, max_m / PAPER_MLP_RATIO)
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if frac(mid)[2] < ratio else (lo, mid)
+            rh, rm, f = min((frac(lo), frac(hi)), key=lambda t: abs(t[2] - ratio))
+        return RatioRule(heads_ratio=rh, mlp_ratio=rm, protect=option, removed_fraction=f)
+    raise AssertionError("unreachable")

@@ -14,7 +14,17 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from medcore_tp.data import box_from_mask, mask_to_size, preprocess_image
+from medcore_tp.data import (
+    SegmentationDataset,
+    box_from_mask,
+    calibration_subset,
+    load_datasets,
+    make_splits,
+    mask_to_size,
+    preprocess_image,
+    select_split,
+)
+from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits
 from medcore_tp.synthetic import synthetic_pairs
 
@@ -78,3 +88,44 @@ def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_
         if id(p) not in scored:
             p.grad = None  # only the encoder is being scored
     return seen
+
+
+def batches_from_samples(samples: Sequence, size: int, batch_size: int = 8) -> list[CalibrationBatch]:
+    """Calibration batches (tight boxes) from dataset samples, for input side ``size``."""
+    dataset = SegmentationDataset(samples, size, box_mode="tight")
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        out.append(
+            CalibrationBatch(
+                images=torch.stack([it["image"] for it in items]),
+                boxes=torch.stack([it["box"] for it in items]).float(),
+                masks=torch.stack([it["mask_low"] for it in items]),
+            )
+        )
+    return out
+
+
+@dataclass
+class CalibrationSets:
+    """Calibration batches per dataset name, the splits they came from, and what was asked vs used."""
+
+    batches: dict[str, list[CalibrationBatch]]
+    splits: dict
+    requested: int
+    used: dict[str, int]
+
+
+def calibration_sets(roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8) -> CalibrationSets:
+    """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder."""
+    datasets = load_datasets(roots)
+    splits = make_splits(datasets, seed)
+    train = select_split(datasets, splits, "train")
+    batches, used = {}, {}
+    for name, samples in train.items():
+        chosen = calibration_subset(samples, calib_size)
+        if not chosen:
+            raise MedcoreError(f"--data {name}: its training split is empty ({len(datasets[name])} images)")
+        batches[name] = batches_from_samples(chosen, size, batch_size)
+        used[name] = len(chosen)
+    return CalibrationSets(batches=batches, splits=splits, requested=calib_size, used=used)

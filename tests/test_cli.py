@@ -109,4 +109,4 @@ def test_taylor_uses_calibration_gradients(tmp_path):
     assert res.exit_code == 0, res.output
     assert "SYNTHETIC" in res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["calibration"] == {"source": "synthetic", "samples": 2}
+    assert summary["calibration"] == {"datasets": ["synthetic"], "samples": 2}

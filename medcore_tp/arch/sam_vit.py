@@ -152,6 +152,12 @@ def mlp_per_block(encoder: ImageEncoderViT) -> list[int]:
     return [blk.mlp.lin1.out_features for blk in encoder.blocks]
 
 
+def group_params(encoder: ImageEncoderViT) -> tuple[int, int]:
+    """Parameters of one head (Q/K/V rows with biases, proj columns) and of one MLP channel."""
+    d, hd = encoder.blocks[0].attn.qkv.in_features, head_dim(encoder)
+    return 3 * hd * (d + 1) + hd * d, (d + 1) + d
+
+
 def attention_linears(block: Block) -> tuple[nn.Linear, nn.Linear]:
     """(qkv, proj) of a block."""
     return block.attn.qkv, block.attn.proj

@@ -1,7 +1,9 @@
-"""``medcore-tp prune``: remove heads and MLP channels by budget and write a pruned checkpoint."""
+"""``medcore-tp prune``: score, budget and remove heads and MLP channels; write a pruned checkpoint."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 
@@ -9,73 +11,185 @@ import click
 import torch
 
 from medcore_tp.arch import adapter_for
-from medcore_tp.atomic import save_json
-from medcore_tp.budget import ratio_budget
-from medcore_tp.calibration import accumulate_gradients, synthetic_batch
+from medcore_tp.atomic import save_json, save_text
+from medcore_tp.budget import ratio_budget, ratio_rule
+from medcore_tp.calibration import accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_int_list, table
+from medcore_tp.errors import MedcoreError
 from medcore_tp.models import build_model
-from medcore_tp.profile import profile_model
-from medcore_tp.prune import IMPORTANCE_NAMES, make_importance, prune_by_budget, summary
+from medcore_tp.profile import count_params, profile_model
+from medcore_tp.prune import make_importance, prune_by_budget, summary
+from medcore_tp.recipe import (
+    calibrate,
+    make_medcore_importance,
+    scores_table,
+    sensitivity_weights,
+    statistics,
+)
+
+IMPORTANCES = ("medcore", "boundary-fisher", "magnitude", "taylor", "random")
+
+
+def _float_list(option: str, text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise MedcoreError(f"{option} {text}: not a comma-separated list of numbers") from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MedcoreError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
 
 
 @main.command("prune")
 @model_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Dense checkpoint to prune.")
 @click.option("--random-init", is_flag=True, help="Prune a randomly initialised model (must be asked for).")
-@click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="magnitude", show_default=True)
-@click.option("--heads-ratio", type=float, required=True, help="Fraction of ALL heads to remove, in [0, 1).")
-@click.option("--mlp-ratio", type=float, required=True, help="Fraction of ALL MLP channels to remove, in [0, 1).")
-@click.option("--protect-blocks", default="", help="Comma-separated blocks left untouched, e.g. 10,11.")
-@click.option("--calib-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Built-in synthetic images whose loss gradients feed the taylor importance.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed (random importance, init).")
+@click.option("--source-checkpoint", type=click.Path(dir_okay=False),
+              help="The source model (SAM) the target was adapted from: enables Dreset and alpha.")
+@click.option("--data", "data", default=None, help="Calibration dataset folder(s), comma-separated.")
+@click.option("--data-weights", default=None, help="Weights of the datasets, e.g. 0.2,0.3,0.5 (normalised).")
+@click.option("--ratio", type=float, default=None, help="Fraction of encoder parameters to remove (0.6 = paper).")
+@click.option("--importance", type=click.Choice(IMPORTANCES), default="medcore", show_default=True)
+@click.option("--heads-ratio", type=float, default=None, help="Override: fraction of ALL heads to remove.")
+@click.option("--mlp-ratio", type=float, default=None, help="Override: fraction of ALL MLP channels to remove.")
+@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
+@click.option("--alpha", default="auto", show_default=True, help="MedCore alpha: auto (paper) or a number in [0, 1].")
+@click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Calibration images per dataset (first of the training split).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration batch size.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed (random importance, random init).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
-def prune(
-    model_name: str,
-    checkpoint: str | None,
-    random_init: bool,
-    importance: str,
-    heads_ratio: float,
-    mlp_ratio: float,
-    protect_blocks: str,
-    calib_size: int,
-    seed: int,
-    out_dir: str,
-) -> None:
-    """Prune whole heads and MLP channels of the image encoder; writes pruned.pth and summary.json."""
+def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, ratio, importance,
+          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, device, seed, no_progress,
+          out_dir) -> None:
+    """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv."""
     if (checkpoint is None) == (not random_init):
         raise click.UsageError("give either --checkpoint PATH or --random-init (pruning random weights must be asked for)")
-    protect = parse_int_list("--protect-blocks", protect_blocks)
-    # Budget first, on the bare architecture: bad ratios fail before anything is loaded or written.
-    arch = build_model(model_name, device="meta")
-    adapter = adapter_for(arch)
-    budget = ratio_budget(
-        adapter.heads_per_block(arch.image_encoder), adapter.mlp_per_block(arch.image_encoder),
-        heads_ratio, mlp_ratio, protect,
-    )
+    alpha_value = _parse_alpha(alpha)
+    weights = _float_list("--data-weights", data_weights)
+    protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
+    arch = build_model(model_name, device="meta")  # budget first: bad ratios fail before any work
+    heads, mlp = adapter_for(arch).heads_per_block(arch.image_encoder), adapter_for(arch).mlp_per_block(arch.image_encoder)
+    if heads_ratio is not None or mlp_ratio is not None:
+        if heads_ratio is None or mlp_ratio is None:
+            raise click.UsageError("--heads-ratio and --mlp-ratio go together")
+        rule = None
+        ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect or [])  # validate now
+    elif ratio is None:
+        raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
+    else:
+        head_p, chan_p = adapter_for(arch).group_params(arch.image_encoder)
+        rule = ratio_rule(ratio, heads, mlp, head_p, chan_p, count_params(arch.image_encoder), protect)
+        heads_ratio, mlp_ratio, protect = rule.heads_ratio, rule.mlp_ratio, rule.protect
+    protect = protect or []
+    dev = _device(device)
+    roots = [r for r in (data or "").split(",") if r]
+    if weights is not None and len(weights) != max(len(roots), 1):
+        raise MedcoreError(f"--data-weights {data_weights}: {len(weights)} weights for {len(roots)} data folders")
+
     torch.manual_seed(seed)
     start = time.perf_counter()
-    model = build_model(model_name, checkpoint)
+    model = build_model(model_name, checkpoint).to(dev)
+    source = None
+    if source_checkpoint is not None:
+        if importance != "medcore":
+            click.echo(f"note: --source-checkpoint is only used by the medcore importance, not {importance}")
+        else:
+            try:
+                source = build_model(model_name, source_checkpoint).to(dev)
+            except MedcoreError as exc:
+                raise MedcoreError(f"--source-checkpoint: {exc}") from None
     before = profile_model(model)
-    calibration = None
-    if importance == "taylor":
-        click.echo(f"taylor: gradients of the segmentation loss on {calib_size} built-in SYNTHETIC images "
-                   "(not medical data)")
-        batch = synthetic_batch(calib_size, model.image_encoder.img_size, seed=seed)
-        calibration = {"source": "synthetic", "samples": accumulate_gradients(model, [batch])}
-    plan = prune_by_budget(model, make_importance(importance), budget)
+
+    calib_info, splits, scores_rows, extra = None, None, None, {}
+    if importance in ("medcore", "boundary-fisher", "taylor"):
+        size = model.image_encoder.img_size
+        if roots:
+            sets = calibration_sets(roots, calib_size, size, batch_size=batch_size)
+            splits = sets.splits
+            for name, used in sets.used.items():
+                if used < calib_size:
+                    click.echo(f"note: --calib-size {calib_size}: {name} has {used} training images, using all of them")
+            batches = sets.batches
+        else:
+            click.echo(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
+            batches = {"synthetic": [synthetic_batch(calib_size, size, seed=seed)]}
+        if importance == "taylor":
+            seen = accumulate_gradients(model, [b for bs in batches.values() for b in bs], batch_size=1)
+            calib_info = {"datasets": list(batches), "samples": seen}
+            imp = make_importance("taylor")
+        else:
+            cal = calibrate(model, batches, source=source, weights=weights, progress=not no_progress)
+            imp = make_medcore_importance(model, statistics(model, cal), importance, weights, alpha_value)
+            calib_info = {"datasets": list(batches), "samples": cal.samples}
+            extra = {
+                "source_model_used": source is not None,
+                "alpha_per_block": [s.alpha for s in imp.scores],
+                "sensitivity_per_block": [s.sensitivity for s in imp.scores],
+            }
+            if source is None and importance == "medcore":
+                click.echo("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
+    else:
+        imp = make_importance(importance)
+    budget_weights = sensitivity_weights(imp) if importance in ("medcore", "boundary-fisher") else None
+    budget = ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect, weights=budget_weights)
+    plan = prune_by_budget(model, imp, budget)
+    if importance in ("medcore", "boundary-fisher"):
+        scores_rows = scores_table(imp, plan)
     after = profile_model(model)
+
     os.makedirs(out_dir, exist_ok=True)
-    save_pruned(model, os.path.join(out_dir, "pruned.pth"), base=model_name)
+    save_pruned(model.cpu(), os.path.join(out_dir, "pruned.pth"), base=model_name)
     record = summary(
         before, after, budget, plan,
         model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
-        heads_ratio=heads_ratio, mlp_ratio=mlp_ratio, protect_blocks=protect, seed=seed, calibration=calibration,
-        seconds=time.perf_counter() - start,
+        ratio=ratio, ratio_rule=None if rule is None else vars(rule), heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
+        protect_blocks=protect, alpha=alpha, data=roots, data_weights=weights, calibration=calib_info, seed=seed,
+        device=str(dev), seconds=time.perf_counter() - start, **extra,
     )
     save_json(record, os.path.join(out_dir, "summary.json"))
+    if splits is not None:
+        save_json(splits, os.path.join(out_dir, "splits.json"))
+    written = ["pruned.pth", "summary.json"] + (["splits.json"] if splits is not None else [])
+    if scores_rows is not None:
+        save_text(_csv(scores_rows), os.path.join(out_dir, "scores.csv"))
+        written.append("scores.csv")
+    _report(before, after, budget, record, importance, extra)
+    click.echo(f"wrote {', '.join(written)} to {out_dir}")
+
+
+def _parse_alpha(alpha: str) -> str | float:
+    if alpha == "auto":
+        return "auto"
+    try:
+        value = float(alpha)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise MedcoreError(f"--alpha {alpha}: must be 'auto' or a number in [0, 1]")
+    return value
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _report(before, after, budget, record, importance, extra) -> None:
     click.echo(
         table(
             [
@@ -93,4 +207,5 @@ def prune(
     )
     click.echo(f"heads per block: {after.heads_per_block}")
     click.echo(f"MLP per block:   {after.mlp_per_block}")
-    click.echo(f"wrote {os.path.join(out_dir, 'pruned.pth')} and summary.json")
+    if "alpha_per_block" in extra:
+        click.echo("alpha per block: [" + ", ".join(f"{a:.3f}" for a in extra["alpha_per_block"]) + "]")

@@ -1,0 +1,105 @@
+"""The boundary-aware calibration loss and the diagonal Fisher of the image encoder.
+
+Where is the Fisher computed? Here. For each calibration sample n (image, tight box, mask m at the
+low-res logit size, logits z, p = sigmoid(z)):
+
+    B   = dilate3x3(m) - erode3x3(m)                                   (boundary band)
+    L_n = sum_pixels (1 + 3 B) * BCE(z, m) + 1 - (2 sum(p m) + 1e-5) / (sum(p^2) + sum(m^2) + 1e-5)
+    F_i = (1 / N) * sum_n (dL_n / dtheta_i)^2                          (per-sample squared gradients)
+
+Samples whose gradient is not finite are skipped and counted. Each sample gets its own forward and
+backward, so the result does not depend on how samples are batched, and the cost is one
+forward+backward per sample plus an in-place square-and-add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from tqdm.auto import tqdm
+
+from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.errors import MedcoreError
+from medcore_tp.inference import forward_logits
+
+BAND_WEIGHT = 3.0
+
+
+def boundary_band(masks: torch.Tensor) -> torch.Tensor:
+    """dilate3x3(m) - erode3x3(m) of boolean masks (B, h, w), as float (B, h, w)."""
+    m = masks.float().unsqueeze(1)
+    dilated = F.max_pool2d(m, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-m, 3, stride=1, padding=1)  # outside the image counts as foreground here
+    return (dilated - eroded).squeeze(1)
+
+
+def calibration_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-sample boundary-weighted BCE (summed over pixels) + squared-denominator Dice loss: (B,)."""
+    z = logits.squeeze(1)
+    m = masks.to(z.dtype)
+    weight = 1.0 + BAND_WEIGHT * boundary_band(masks)
+    bce = (weight * F.binary_cross_entropy_with_logits(z, m, reduction="none")).flatten(1).sum(1)
+    p = torch.sigmoid(z).flatten(1)
+    mf = m.flatten(1)
+    dice = (2 * (p * mf).sum(1) + 1e-5) / (p.pow(2).sum(1) + mf.pow(2).sum(1) + 1e-5)
+    return bce + 1 - dice
+
+
+@dataclass
+class FisherResult:
+    """Diagonal Fisher per encoder parameter (name relative to the encoder) and sample counts."""
+
+    fisher: dict[str, torch.Tensor]
+    samples: int
+    skipped: int
+    losses: list[float] = field(default_factory=list)
+
+
+def diagonal_fisher(
+    model: Sam,
+    batches: Iterable[CalibrationBatch],
+    progress: bool = False,
+    description: str = "Fisher",
+    total: int | None = None,
+) -> FisherResult:
+    """Per-sample diagonal Fisher of ``model.image_encoder`` under :func:`calibration_loss`.
+
+    The whole model runs (encoder, prompt encoder with the box, mask decoder) in train mode (SAM has
+    no dropout or batch norm); only encoder gradients are kept. Raises :class:`MedcoreError` when no
+    sample has a finite gradient.
+    """
+    encoder = model.image_encoder
+    names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    seen = skipped = 0
+    losses = []
+    was_training = model.training
+    model.train()
+    bar = tqdm(total=total, desc=description, unit="img", disable=not progress, leave=False)
+    try:
+        for batch in batches:
+            for i in range(len(batch.images)):
+                model.zero_grad(set_to_none=True)
+                logits = forward_logits(model, batch.images[i : i + 1], batch.boxes[i : i + 1])
+                loss = calibration_loss(logits, batch.masks[i : i + 1].to(logits.device))[0]
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                bar.update(1)
+                if not torch.isfinite(loss) or not all(g is None or torch.isfinite(g).all() for g in grads):
+                    skipped += 1
+                    continue
+                for acc, g in zip(sums, grads, strict=True):
+                    if g is not None:
+                        acc.addcmul_(g, g)
+                seen += 1
+                losses.append(float(loss.detach()))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if seen == 0:
+        raise MedcoreError(f"calibration: all {skipped} samples gave non-finite gradients; no Fisher can be computed")
+    return FisherResult({n: s / seen for n, s in zip(names, sums, strict=True)}, seen, skipped, losses)
