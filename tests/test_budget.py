@@ -59,3 +59,37 @@ def test_bad_ratios(heads_ratio, mlp_ratio, message):
 def test_bad_protected_block():
     with pytest.raises(MedcoreError, match="--protect-blocks 12: the encoder has blocks 0-11"):
         ratio_budget([12] * 12, [3072] * 12, 0.1, 0.1, protect=[12])
+
+
+def _vit_b_rule(ratio, protect=None):
+    from medcore_tp.budget import ratio_rule
+
+    return ratio_rule(ratio, [12] * 12, [3072] * 12, 196_800, 1_537, 89_670_912, protect)
+
+
+def test_ratio_0_6_is_the_paper_config():
+    rule = _vit_b_rule(0.6)
+    assert (rule.heads_ratio, rule.mlp_ratio, rule.protect) == (0.5, 0.7, [10, 11])
+    assert round(rule.removed_fraction, 4) == 0.6003
+
+
+def test_every_ratio_lands_within_half_a_point():
+    for r in [x / 100 for x in range(1, 89)]:
+        rule = _vit_b_rule(r)
+        assert abs(rule.removed_fraction - r) <= 0.005, r
+        b = ratio_budget([12] * 12, [3072] * 12, rule.heads_ratio, rule.mlp_ratio, rule.protect)
+        removed = (b.total_heads * 196_800 + b.total_mlp * 1_537) / 89_670_912
+        assert removed == pytest.approx(rule.removed_fraction, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "ratio, protect, message",
+    [
+        (0.0, None, r"--ratio 0.0: must be in \(0, 0.7415\] with blocks 10,11 protected"),
+        (0.95, None, r"--ratio 0.95: must be in \(0, 0.8898\] with no block protected"),
+        (0.8, [10, 11], r"--ratio 0.8: must be in \(0, 0.7415\] with blocks 10,11 protected"),
+    ],
+)
+def test_ratio_outside_the_range_gives_the_maximum(ratio, protect, message):
+    with pytest.raises(MedcoreError, match=message):
+        _vit_b_rule(ratio, protect)

@@ -1,0 +1,145 @@
+"""``medcore-tp prune --ratio`` with MedCore's importances, on real images, and its bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medcore_tp import build_model
+from medcore_tp.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not (SHARED / "kvasir-seg-256").is_dir(), reason="../shared/data is not on this machine")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _error(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in res.output
+    return lines[0]
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("tiny")
+    target = build_model("tiny")
+    target.load_state_dict(source.state_dict())
+    with torch.no_grad():
+        for p in target.image_encoder.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    torch.save(source.state_dict(), tmp_path / "sam.pth")
+    torch.save({"model": target.state_dict(), "epoch": 1}, tmp_path / "medsam.pth")
+    return tmp_path / "medsam.pth", tmp_path / "sam.pth"
+
+
+@needs_data
+def test_medcore_with_source_on_two_polyp_sets(tmp_path, checkpoints):
+    target, source = checkpoints
+    out = tmp_path / "out"
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--source-checkpoint", source,
+              "--data", f"{SHARED / 'kvasir-seg-256'},{SHARED / 'cvc-clinicdb-256'}", "--data-weights", "0.4,0.6",
+              "--ratio", 0.5, "--calib-size", 6, "--batch-size", 4, "--no-progress", "--out", out)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["source_model_used"] is True and s["importance"] == "medcore"
+    assert s["calibration"]["samples"]["kvasir-seg-256"] == {"used": 6, "skipped": 0}
+    assert s["calibration"]["samples"]["source (all datasets)"] == {"used": 12, "skipped": 0}
+    assert len(s["alpha_per_block"]) == 4 and all(0 <= a <= 1 for a in s["alpha_per_block"])
+    assert abs(s["encoder_params_removed_fraction"] - 0.5) <= 0.01
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert list(rows[0]) == ["block", "kind", "index", "d_zero", "d_reset", "alpha", "q", "removed"]
+    assert len(rows) == 4 * (4 + 256)
+    for b in range(4):  # within each block the removed groups are the lowest-Q ones
+        for kind in ("head", "mlp"):
+            grp = [r for r in rows if int(r["block"]) == b and r["kind"] == kind]
+            gone = [float(r["q"]) for r in grp if r["removed"] == "True"]
+            kept = [float(r["q"]) for r in grp if r["removed"] == "False"]
+            if gone:
+                assert max(gone) <= min(kept)
+    removed_heads = sum(r["removed"] == "True" for r in rows if r["kind"] == "head")
+    assert removed_heads == 16 - sum(s["heads_per_block"])
+    assert json.loads((out / "splits.json").read_text())["seed"] == 42
+
+
+def test_without_source_says_only_dzero(tmp_path, checkpoints):
+    target, _ = checkpoints
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--calib-size", 2,
+              "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "only Dzero is available, alpha = 1" in res.output and "SYNTHETIC" in res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["source_model_used"] is False and s["alpha_per_block"] == [1.0] * 4
+
+
+def test_boundary_fisher_importance(tmp_path, checkpoints):
+    target, source = checkpoints
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--importance", "boundary-fisher",
+              "--ratio", 0.3, "--calib-size", 2, "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["importance"] == "boundary-fisher"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ratio", 0.0], "--ratio 0.0: must be in (0, "),
+        (["--ratio", 0.7], "--ratio 0.7: must be in (0, 0.6585] with no block protected"),
+        (["--ratio", 0.5, "--protect-blocks", "2,3"], "with blocks 2,3 protected"),
+        (["--ratio", 0.3, "--alpha", "2"], "--alpha 2: must be 'auto' or a number in [0, 1]"),
+        (["--ratio", 0.3, "--data-weights", "0.5,a"], "--data-weights 0.5,a: not a comma-separated list"),
+    ],
+)
+def test_bad_options(tmp_path, checkpoints, args, message):
+    target, _ = checkpoints
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--out", tmp_path / "o", *args)
+    assert message in _error(res)
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_folder_that_does_not_qualify(tmp_path, checkpoints):
+    target, _ = checkpoints
+    (tmp_path / "bad" / "images").mkdir(parents=True)
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", tmp_path / "bad",
+              "--out", tmp_path / "o")
+    assert "has no 'masks/' folder" in _error(res)
+    assert not (tmp_path / "o").exists()
+
+
+def test_source_of_another_architecture(tmp_path, checkpoints):
+    target, _ = checkpoints
+    other = tmp_path / "other.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, other)
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--source-checkpoint", other, "--ratio", 0.3,
+              "--out", tmp_path / "o")
+    assert "--source-checkpoint: checkpoint" in _error(res) and "does not match tiny" in res.output
+
+
+@needs_data
+def test_calib_size_above_what_exists_uses_all(tmp_path, checkpoints):
+    target, _ = checkpoints
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", SHARED / "kvasir-seg",
+              "--calib-size", 50, "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "--calib-size 50: kvasir-seg has 3 training images, using all of them" in res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["calibration"]["samples"]["kvasir-seg"]["used"] == 3
+
+
+def test_every_gradient_non_finite_writes_nothing(tmp_path):
+    broken = build_model("tiny").state_dict()
+    broken["image_encoder.blocks.0.mlp.lin1.weight"][0, 0] = float("nan")
+    torch.save(broken, tmp_path / "nan.pth")
+    res = run("prune", "--model", "tiny", "--checkpoint", tmp_path / "nan.pth", "--ratio", 0.3, "--calib-size", 2,
+              "--no-progress", "--out", tmp_path / "o")
+    assert "all 2 samples gave non-finite gradients" in _error(res)
+    assert not (tmp_path / "o").exists()
