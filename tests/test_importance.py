@@ -149,3 +149,18 @@ def test_stale_statistics_are_refused(setting):
     apply_plan(spec.encoder, {0: BlockPlan(heads=(0,))})
     with pytest.raises(RuntimeError, match="computed for 4 heads in block 0, the model now has 3"):
         imp(head_group(build_graph(spec), spec.encoder, 0, [0, 1, 2]))
+
+
+def test_plain_metapruner_global_ranking_removes_the_lowest_q_heads_overall(setting):
+    target, fm, fs, src = setting
+    imp = MedCoreImportance(target, block_statistics(target, fm, fs, src))
+    q = torch.stack([s.head_q for s in imp.scores])  # (blocks, heads), comparable across blocks
+    lowest = set(torch.argsort(q.flatten())[:3].tolist())
+    per_block = [sum(1 for i in lowest if i // 4 == b) for b in range(4)]
+    assert max(per_block) < 4  # no block would lose every head: plain global ranking applies
+    spec = prepare_pruning(target)
+    # Torch-Pruning 1.6 only removes heads when the width ratio is > 0 as well
+    pruner = tp.pruner.MetaPruner(spec.encoder, spec.example_inputs, importance=imp, global_pruning=True,
+                                  pruning_ratio=0.25, head_pruning_ratio=3 / 16, **spec.pruner_kwargs())
+    pruner.step()
+    assert sam_vit.heads_per_block(spec.encoder) == [4 - n for n in per_block]
