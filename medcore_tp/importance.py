@@ -44,19 +44,6 @@ class BlockStats:
     sensitivity: torch.Tensor  # (R,)
 
 
-def _group_sum(encoder: nn.Module, block: int, values: Mapping[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum per-parameter ``values`` (keyed like ``encoder.named_parameters()``) over each head and MLP channel."""
-    adapter = adapter_for(encoder)
-    nh = adapter.heads_per_block(encoder)[block]
-    hd = adapter.head_dim(encoder)
-    get = lambda name: values[f"{prefix}{name}"].double()  # noqa: E731
-    qkv_w, qkv_b = get("attn.qkv.weight"), get("attn.qkv.bias")
-    rows = qkv_w.sum(1) + qkv_b  # (3 * nh * hd,)
-    heads = rows.view(3, nh, hd).sum((0, 2)) + get("attn.proj.weight").sum(0).view(nh, hd).sum(1)
-    mlp = get("mlp.lin1.weight").sum(1) + get("mlp.lin1.bias") + get("mlp.lin2.weight").sum(0)
-    return heads, mlp
-
-
 def block_statistics(
     model: nn.Module,
     target_fishers: Sequence[Mapping[str, torch.Tensor]],
@@ -76,11 +63,11 @@ def block_statistics(
     theta = {n: p.detach().double() for n, p in encoder.named_parameters()}
     out = []
     for b in range(len(adapter.blocks(encoder))):
-        prefix = f"blocks.{b}."
+        prefix = adapter.block_prefix(encoder, b)
         hz, hr, mz, mr, sens = [], [], [], [], []
         for fm in target_fishers:
             zero = {n: 0.5 * fm[n].double() * theta[n].pow(2) for n in theta if n.startswith(prefix)}
-            h, m = _group_sum(encoder, b, zero, prefix)
+            h, m = adapter.group_sums(encoder, b, zero)
             hz.append(h)
             mz.append(m)
             sens.append(sum(fm[n].double().sum() for n in theta if n.startswith(prefix)))
@@ -91,7 +78,7 @@ def block_statistics(
                     for n in theta
                     if n.startswith(prefix)
                 }
-                h, m = _group_sum(encoder, b, reset, prefix)
+                h, m = adapter.group_sums(encoder, b, reset)
                 hr.append(h)
                 mr.append(m)
         out.append(

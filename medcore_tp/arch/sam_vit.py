@@ -158,6 +158,29 @@ def group_params(encoder: ImageEncoderViT) -> tuple[int, int]:
     return 3 * hd * (d + 1) + hd * d, (d + 1) + d
 
 
+def block_prefix(encoder: ImageEncoderViT, block: int) -> str:
+    """Prefix of ``block``'s parameter names in ``encoder.named_parameters()``."""
+    return f"blocks.{block}."
+
+
+def group_sums(encoder: ImageEncoderViT, block: int, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum per-parameter ``values`` (same keys and shapes as the encoder's parameters) over each group.
+
+    Returns (per head: its Q, K, V rows of ``qkv`` with biases and its ``proj`` columns;
+    per MLP channel: its ``lin1`` row with bias and its ``lin2`` column), in float64.
+    """
+    nh, hd = heads_per_block(encoder)[block], head_dim(encoder)
+    pre = block_prefix(encoder, block)
+
+    def get(name: str) -> torch.Tensor:
+        return values[pre + name].double()
+
+    rows = get("attn.qkv.weight").sum(1) + get("attn.qkv.bias")  # (3 * nh * hd,), [Q | K | V], head-major
+    heads = rows.view(3, nh, hd).sum((0, 2)) + get("attn.proj.weight").sum(0).view(nh, hd).sum(1)
+    mlp = get("mlp.lin1.weight").sum(1) + get("mlp.lin1.bias") + get("mlp.lin2.weight").sum(0)
+    return heads, mlp
+
+
 def attention_linears(block: Block) -> tuple[nn.Linear, nn.Linear]:
     """(qkv, proj) of a block."""
     return block.attn.qkv, block.attn.proj
