@@ -47,7 +47,12 @@ def forward_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> tor
     device = _device(model)
     images = images.to(device, dtype=torch.float32, non_blocking=True)
     boxes = boxes.to(device, dtype=torch.float32, non_blocking=True)
-    embeddings = model.image_encoder(images)
+    return decode_logits(model, model.image_encoder(images), boxes)
+
+
+def decode_logits(model: Sam, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Low-res logits (B, 1, S/4, S/4) from image embeddings (B, C, S/16, S/16) and boxes (B, 4)."""
+    boxes = boxes.to(embeddings.device, dtype=torch.float32)
     image_pe = model.prompt_encoder.get_dense_pe()
     sparse, dense = model.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
     # segment_anything's decoder repeats the image embedding once per prompt of the batch, so a
@@ -60,7 +65,7 @@ def forward_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> tor
             dense_prompt_embeddings=dense[i : i + 1],
             multimask_output=False,
         )[0]
-        for i in range(images.shape[0])
+        for i in range(embeddings.shape[0])
     ]
     return torch.cat(logits, dim=0)
 

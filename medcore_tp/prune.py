@@ -82,11 +82,14 @@ def prune_by_budget(
     model: nn.Module,
     importance: Callable[[tp.dependency.Group], torch.Tensor | None],
     budget: Budget,
+    run_stage: Callable[[str, Callable[[], None]], None] | None = None,
 ) -> Plan:
-    """Prepare ``model``'s encoder, score all groups once, and remove heads then MLP channels.
+    """Prepare ``model``'s encoder, score all groups once, remove heads, then MLP channels.
 
     Heads and channels are ranked on the dense model (one scoring pass). Gradient-based importances
-    need ``.grad`` filled before the call. Returns the plan that was applied.
+    need ``.grad`` filled before the call. Each stage's removal is handed to ``run_stage(name, remove)``
+    (``name`` is ``"heads"`` or ``"mlp"``), which must call ``remove()``; recovery wraps it there
+    (teacher taken before, training after). Returns the plan that was applied.
     """
     if budget.total_heads == 0 and budget.total_mlp == 0:
         return {}  # nothing to remove: leave the model exactly as it is
@@ -94,7 +97,14 @@ def prune_by_budget(
     graph = build_graph(spec)
     scores = score_blocks(spec.encoder, graph, importance)
     plan = plan_from_scores(scores, budget)
-    apply_plan(spec.encoder, plan, graph)
+    for stage, part in (("heads", {b: BlockPlan(heads=p.heads) for b, p in plan.items() if p.heads}),
+                        ("mlp", {b: BlockPlan(mlp=p.mlp) for b, p in plan.items() if p.mlp})):
+        if part:
+            remove = lambda part=part: apply_plan(spec.encoder, part, graph)  # noqa: E731
+            if run_stage is None:
+                remove()
+            else:
+                run_stage(stage, remove)
     return plan
 
 

@@ -28,7 +28,7 @@ def test_info_json_dense():
 
 def test_prune_then_info_and_reload(tmp_path):
     out = tmp_path / "out"
-    res = run("prune", "--model", "tiny", "--random-init", "--importance", "magnitude",
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--random-init", "--importance", "magnitude",
               "--heads-ratio", 0.25, "--mlp-ratio", 0.5, "--protect-blocks", "3", "--out", out)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
@@ -47,7 +47,7 @@ def test_prune_then_info_and_reload(tmp_path):
 
 @pytest.mark.parametrize("importance", ["random", "magnitude"])
 def test_prune_importances_run(tmp_path, importance):
-    res = run("prune", "--model", "tiny", "--random-init", "--importance", importance,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--random-init", "--importance", importance,
               "--heads-ratio", 0.5, "--mlp-ratio", 0.5, "--out", tmp_path)
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "summary.json").read_text())["importance"] == importance
@@ -71,13 +71,13 @@ def _error(res):
 )
 def test_bad_ratios_fail_before_any_work(tmp_path, args, message):
     out = tmp_path / "out"
-    res = run("prune", "--model", "tiny", "--random-init", "--out", out, *args)
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--random-init", "--out", out, *args)
     assert message in _error(res)
     assert not out.exists()
 
 
 def test_random_weights_must_be_asked_for(tmp_path):
-    res = run("prune", "--model", "tiny", "--heads-ratio", 0.1, "--mlp-ratio", 0.1, "--out", tmp_path / "o")
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--heads-ratio", 0.1, "--mlp-ratio", 0.1, "--out", tmp_path / "o")
     assert "--random-init" in _error(res)
 
 
@@ -90,7 +90,7 @@ def test_bad_checkpoints_give_one_line(tmp_path):
     assert "missing.pth: file not found" in _error(res)
     wrong = tmp_path / "wrong.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1)}, wrong)
-    res = run("prune", "--model", "tiny", "--checkpoint", wrong, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", wrong, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
               "--out", tmp_path / "o")
     assert "does not match tiny: missing keys" in _error(res)
 
@@ -98,13 +98,13 @@ def test_bad_checkpoints_give_one_line(tmp_path):
 def test_pruned_checkpoint_refused_by_prune(tmp_path, tiny_model):
     path = tmp_path / "pruned.pth"
     save_pruned(tiny_model, path, base="tiny")
-    res = run("prune", "--model", "tiny", "--checkpoint", path, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", path, "--heads-ratio", 0.1, "--mlp-ratio", 0.1,
               "--out", tmp_path / "o")
     assert "is a pruned medcore-tp checkpoint (base tiny), a dense one is expected" in _error(res)
 
 
 def test_taylor_uses_calibration_gradients(tmp_path):
-    res = run("prune", "--model", "tiny", "--random-init", "--importance", "taylor", "--calib-size", 2,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--random-init", "--importance", "taylor", "--calib-size", 2,
               "--heads-ratio", 0.25, "--mlp-ratio", 0.25, "--out", tmp_path)
     assert res.exit_code == 0, res.output
     assert "SYNTHETIC" in res.output

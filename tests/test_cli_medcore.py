@@ -46,7 +46,7 @@ def checkpoints(tmp_path):
 def test_medcore_with_source_on_two_polyp_sets(tmp_path, checkpoints):
     target, source = checkpoints
     out = tmp_path / "out"
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--source-checkpoint", source,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--source-checkpoint", source,
               "--data", f"{SHARED / 'kvasir-seg-256'},{SHARED / 'cvc-clinicdb-256'}", "--data-weights", "0.4,0.6",
               "--ratio", 0.5, "--calib-size", 6, "--batch-size", 4, "--no-progress", "--out", out)
     assert res.exit_code == 0, res.output
@@ -73,7 +73,7 @@ def test_medcore_with_source_on_two_polyp_sets(tmp_path, checkpoints):
 
 def test_without_source_says_only_dzero(tmp_path, checkpoints):
     target, _ = checkpoints
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--calib-size", 2,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--calib-size", 2,
               "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "only Dzero is available, alpha = 1" in res.output and "SYNTHETIC" in res.output
@@ -83,7 +83,7 @@ def test_without_source_says_only_dzero(tmp_path, checkpoints):
 
 def test_boundary_fisher_importance(tmp_path, checkpoints):
     target, source = checkpoints
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--importance", "boundary-fisher",
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--importance", "boundary-fisher",
               "--ratio", 0.3, "--calib-size", 2, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["importance"] == "boundary-fisher"
@@ -101,7 +101,7 @@ def test_boundary_fisher_importance(tmp_path, checkpoints):
 )
 def test_bad_options(tmp_path, checkpoints, args, message):
     target, _ = checkpoints
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--out", tmp_path / "o", *args)
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--out", tmp_path / "o", *args)
     assert message in _error(res)
     assert not (tmp_path / "o").exists()
 
@@ -109,7 +109,7 @@ def test_bad_options(tmp_path, checkpoints, args, message):
 def test_data_folder_that_does_not_qualify(tmp_path, checkpoints):
     target, _ = checkpoints
     (tmp_path / "bad" / "images").mkdir(parents=True)
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", tmp_path / "bad",
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", tmp_path / "bad",
               "--out", tmp_path / "o")
     assert "has no 'masks/' folder" in _error(res)
     assert not (tmp_path / "o").exists()
@@ -119,7 +119,7 @@ def test_source_of_another_architecture(tmp_path, checkpoints):
     target, _ = checkpoints
     other = tmp_path / "other.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, other)
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--source-checkpoint", other, "--ratio", 0.3,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--source-checkpoint", other, "--ratio", 0.3,
               "--out", tmp_path / "o")
     assert "--source-checkpoint: checkpoint" in _error(res) and "does not match tiny" in res.output
 
@@ -127,7 +127,7 @@ def test_source_of_another_architecture(tmp_path, checkpoints):
 @needs_data
 def test_calib_size_above_what_exists_uses_all(tmp_path, checkpoints):
     target, _ = checkpoints
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", SHARED / "kvasir-seg",
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", SHARED / "kvasir-seg",
               "--calib-size", 50, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "--calib-size 50: kvasir-seg has 3 training images, using all of them" in res.output
@@ -139,7 +139,18 @@ def test_every_gradient_non_finite_writes_nothing(tmp_path):
     broken = build_model("tiny").state_dict()
     broken["image_encoder.blocks.0.mlp.lin1.weight"][0, 0] = float("nan")
     torch.save(broken, tmp_path / "nan.pth")
-    res = run("prune", "--model", "tiny", "--checkpoint", tmp_path / "nan.pth", "--ratio", 0.3, "--calib-size", 2,
+    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", tmp_path / "nan.pth", "--ratio", 0.3, "--calib-size", 2,
               "--no-progress", "--out", tmp_path / "o")
     assert "all 2 samples gave non-finite gradients" in _error(res)
     assert not (tmp_path / "o").exists()
+
+
+@needs_data
+def test_cascade_with_recovery_records_loss_curves(tmp_path, checkpoints):
+    target, _ = checkpoints
+    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.4, "--data", SHARED / "kvasir-seg-256",
+              "--calib-size", 4, "--recover-steps", 3, "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "o" / "summary.json").read_text())["recovery"]
+    assert [r["stage"] for r in rec] == ["heads", "mlp"] and all(len(r["loss"]) == 3 for r in rec)
+    assert "recovery after removing heads" in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
@@ -28,6 +29,7 @@ from medcore_tp.recipe import (
     sensitivity_weights,
     statistics,
 )
+from medcore_tp.recovery import recover
 
 IMPORTANCES = ("medcore", "boundary-fisher", "magnitude", "taylor", "random")
 
@@ -66,13 +68,15 @@ def _device(name: str) -> torch.device:
 @click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Calibration images per dataset (first of the training split).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration batch size.")
+@click.option("--recover-steps", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Recovery steps after removing heads and after removing MLP channels (0 to skip).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (random importance, random init).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, ratio, importance,
-          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, device, seed, no_progress,
-          out_dir) -> None:
+          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, device, seed,
+          no_progress, out_dir) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv."""
     if (checkpoint is None) == (not random_init):
         raise click.UsageError("give either --checkpoint PATH or --random-init (pruning random weights must be asked for)")
@@ -112,9 +116,9 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
     before = profile_model(model)
 
-    calib_info, splits, scores_rows, extra = None, None, None, {}
-    if importance in ("medcore", "boundary-fisher", "taylor"):
-        size = model.image_encoder.img_size
+    calib_info, splits, scores_rows, extra, batches = None, None, None, {}, None
+    size = model.image_encoder.img_size
+    if importance in ("medcore", "boundary-fisher", "taylor") or recover_steps > 0:
         if roots:
             sets = calibration_sets(roots, calib_size, size, batch_size=batch_size)
             splits = sets.splits
@@ -125,6 +129,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         else:
             click.echo(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
             batches = {"synthetic": [synthetic_batch(calib_size, size, seed=seed)]}
+    if importance in ("medcore", "boundary-fisher", "taylor"):
         if importance == "taylor":
             seen = accumulate_gradients(model, [b for bs in batches.values() for b in bs], batch_size=1)
             calib_info = {"datasets": list(batches), "samples": seen}
@@ -144,7 +149,19 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         imp = make_importance(importance)
     budget_weights = sensitivity_weights(imp) if importance in ("medcore", "boundary-fisher") else None
     budget = ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect, weights=budget_weights)
-    plan = prune_by_budget(model, imp, budget)
+    recovery = []
+
+    def run_stage(stage: str, remove) -> None:
+        teacher = copy.deepcopy(model) if recover_steps > 0 else None
+        remove()
+        if teacher is not None:
+            pool = [b for bs in batches.values() for b in bs]
+            curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
+                            progress=not no_progress, description=f"recovery after {stage}")
+            recovery.append({"stage": stage, "steps": recover_steps, "loss": curve})
+            click.echo(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
+
+    plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
     if importance in ("medcore", "boundary-fisher"):
         scores_rows = scores_table(imp, plan)
     after = profile_model(model)
@@ -156,7 +173,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
         ratio=ratio, ratio_rule=None if rule is None else vars(rule), heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
         protect_blocks=protect, alpha=alpha, data=roots, data_weights=weights, calibration=calib_info, seed=seed,
-        device=str(dev), seconds=time.perf_counter() - start, **extra,
+        device=str(dev), recovery=recovery, seconds=time.perf_counter() - start, **extra,
     )
     save_json(record, os.path.join(out_dir, "summary.json"))
     if splits is not None:

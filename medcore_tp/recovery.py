@@ -1,0 +1,145 @@
+"""Recovery after each cascade stage: a short, boundary-focused distillation of the encoder.
+
+Per step (batch 1, a sample drawn with replacement with probability proportional to
+perimeter / (sqrt(area) + 1), the perimeter being the pixels of the 3x3 morphological gradient of the
+low-res mask), with z the low-res logits, Z the logits upsampled to the input size, m / M the masks at
+those sizes, e the image embedding and ``_t`` the teacher (a frozen copy of the model taken when the
+cascade stage starts, before its groups are removed):
+
+    L = 0.5 BCE(Z, M) + 0.5 (1 - Dice(Z, M))
+      + 1.0 mean((1 + 4 band(M)) BCE(Z, M))
+      + 0.5 MSE(e, e_t)
+      + 2.0 mean(band(m) (z - z_t)^2)
+      + 0.5 mean_{|f| > 0.25 cycles/px} |rFFT2(sigmoid(z)) - rFFT2(m)|
+
+Only the encoder trains (AdamW, lr 1e-5, weight decay 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from tqdm.auto import tqdm
+
+from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.fisher import boundary_band
+from medcore_tp.inference import decode_logits
+
+HIGH_FREQUENCY = 0.25  # cycles per pixel
+
+
+def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
+    """perimeter / (sqrt(area) + 1) per low-res mask (N, h, w); all-zero weights become uniform."""
+    perimeter = boundary_band(masks).flatten(1).sum(1)
+    area = masks.flatten(1).float().sum(1)
+    w = perimeter / (area.sqrt() + 1)
+    return w if float(w.sum()) > 0 else torch.ones_like(w)
+
+
+def _high_frequency_mask(h: int, w: int, device) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]
+    return (fy.pow(2) + fx.pow(2)).sqrt() > HIGH_FREQUENCY
+
+
+def recovery_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    embedding: torch.Tensor,
+    teacher_embedding: torch.Tensor,
+    masks_low: torch.Tensor,
+    size: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The five-term recovery loss (module docstring) and its parts."""
+    m_low = masks_low.float().unsqueeze(1)
+    up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    m_up = F.interpolate(m_low, size=(size, size), mode="nearest")
+    bce_map = F.binary_cross_entropy_with_logits(up, m_up, reduction="none")
+    p = torch.sigmoid(up)
+    dice = (2 * (p * m_up).sum() + 1e-5) / (p.sum() + m_up.sum() + 1e-5)
+    seg = 0.5 * bce_map.mean() + 0.5 * (1 - dice)
+    band_up = boundary_band(m_up.squeeze(1) > 0.5).unsqueeze(1)
+    boundary_bce = ((1 + 4 * band_up) * bce_map).mean()
+    distil = F.mse_loss(embedding, teacher_embedding)
+    band_low = boundary_band(masks_low).unsqueeze(1)
+    logit_distil = (band_low * (logits - teacher_logits).pow(2)).mean()
+    keep = _high_frequency_mask(logits.shape[-2], logits.shape[-1], logits.device)
+    spec = (torch.fft.rfft2(torch.sigmoid(logits)) - torch.fft.rfft2(m_low)).abs()
+    spectrum = spec[..., keep].mean()
+    total = seg + 1.0 * boundary_bce + 0.5 * distil + 2.0 * logit_distil + 0.5 * spectrum
+    parts = {"seg": seg, "boundary_bce": boundary_bce, "embedding": distil, "logit": logit_distil, "spectrum": spectrum}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def recover(
+    model: Sam,
+    teacher: Sam,
+    pool: Sequence[CalibrationBatch],
+    steps: int = 100,
+    lr: float = 1e-5,
+    seed: int = 0,
+    progress: bool = False,
+    description: str = "recovery",
+) -> list[float]:
+    """Train ``model``'s encoder towards ``teacher`` (frozen) in place; returns the per-step losses.
+
+    ``teacher`` is the model as it was when the cascade stage started, before its groups were removed.
+    """
+    if steps <= 0:
+        return []
+    images = torch.cat([b.images for b in pool])
+    boxes = torch.cat([b.boxes for b in pool])
+    masks = torch.cat([b.masks for b in pool])
+    weights = sampling_weights(masks)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.multinomial(weights, steps, replacement=True, generator=gen)
+
+    teacher = teacher.eval().requires_grad_(False)
+    encoder = model.image_encoder
+    frozen = [p for n, p in model.named_parameters() if not n.startswith("image_encoder.") and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.0)
+    size = encoder.img_size
+    device = next(encoder.parameters()).device
+    was_training = model.training
+    model.train()
+    losses = []
+    try:
+        for i in tqdm(order.tolist(), desc=description, disable=not progress, leave=False):
+            x, box, m = images[i : i + 1].to(device), boxes[i : i + 1].to(device), masks[i : i + 1].to(device)
+            with torch.no_grad():
+                t_emb = teacher.image_encoder(x)
+                t_logits = decode_logits(teacher, t_emb, box)
+            emb = encoder(x)
+            logits = decode_logits(model, emb, box)
+            loss, _ = recovery_loss(logits, t_logits, emb, t_emb, m, size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+    return losses
+
+
+@torch.no_grad()
+def pool_loss(model: Sam, teacher: Sam, pool: Sequence[CalibrationBatch]) -> float:
+    """Mean recovery loss of ``model`` against ``teacher`` over every sample of ``pool``."""
+    size = model.image_encoder.img_size
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for batch in pool:
+        for i in range(len(batch.images)):
+            x, box, m = batch.images[i : i + 1].to(device), batch.boxes[i : i + 1].to(device), batch.masks[i : i + 1].to(device)
+            t_emb = teacher.image_encoder(x)
+            emb = model.image_encoder(x)
+            loss, _ = recovery_loss(decode_logits(model, emb, box), decode_logits(teacher, t_emb, box), emb, t_emb, m, size)
+            total += float(loss)
+            n += 1
+    return total / max(n, 1)

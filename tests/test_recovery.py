@@ -1,0 +1,64 @@
+"""Recovery after a cascade stage, on the tiny model and real polyp images."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcore_tp import BlockPlan, apply_plan, prepare_pruning
+from medcore_tp.calibration import calibration_sets, synthetic_batch
+from medcore_tp.recovery import pool_loss, recover, recovery_loss, sampling_weights
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _pool(size):
+    if (SHARED / "kvasir-seg-256").is_dir():
+        return calibration_sets([str(SHARED / "kvasir-seg-256")], 6, size).batches["kvasir-seg-256"]
+    return [synthetic_batch(6, size)]
+
+
+def test_sampling_weights_follow_perimeter_over_sqrt_area():
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[0, 4:8, 4:8] = True  # 4x4 square: band 6x6 ring minus 2x2 core = 32, area 16
+    masks[1, 2:14, 2:14] = True  # 12x12 square: band 14x14 - 10x10 = 96, area 144
+    w = sampling_weights(masks)
+    assert w[0].item() == pytest.approx(32 / (4 + 1)) and w[1].item() == pytest.approx(96 / (12 + 1))
+    assert w[2].item() == 0.0
+    assert torch.equal(sampling_weights(torch.zeros(2, 8, 8, dtype=torch.bool)), torch.ones(2))
+
+
+def test_loss_is_zero_distillation_for_a_perfect_copy(tiny_model):
+    batch = synthetic_batch(1, 128)
+    emb = tiny_model.image_encoder(batch.images)
+    from medcore_tp.inference import decode_logits
+
+    z = decode_logits(tiny_model, emb, batch.boxes)
+    _, parts = recovery_loss(z, z, emb, emb, batch.masks, 128)
+    assert parts["embedding"] == 0.0 and parts["logit"] == 0.0
+    assert parts["seg"] > 0 and parts["spectrum"] > 0
+
+
+def test_recovery_lowers_its_loss_and_moves_towards_the_teacher(tiny_model):
+    pool = _pool(128)
+    teacher = copy.deepcopy(tiny_model)
+    prepare_pruning(tiny_model)
+    apply_plan(tiny_model.image_encoder, {b: BlockPlan(heads=(0, 1), mlp=tuple(range(128))) for b in range(4)})
+    x = torch.cat([b.images for b in pool])
+
+    def gap():
+        with torch.no_grad():
+            return (tiny_model.image_encoder(x) - teacher.image_encoder(x)).pow(2).mean().item()
+
+    before_loss, before_gap = pool_loss(tiny_model, teacher, pool), gap()
+    curve = recover(tiny_model, teacher, pool, steps=40, lr=1e-3, seed=0)
+    assert len(curve) == 40
+    assert pool_loss(tiny_model, teacher, pool) < before_loss
+    assert gap() < before_gap
+    # only the encoder trained
+    for (n, p), (_, q) in zip(tiny_model.named_parameters(), teacher.named_parameters(), strict=True):
+        if not n.startswith("image_encoder."):
+            assert torch.equal(p, q), n
