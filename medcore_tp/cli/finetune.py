@@ -1,0 +1,56 @@
+"""``medcore-tp finetune``: fine-tune a dense or pruned model, resumable."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import torch
+
+from medcore_tp.atomic import save_json
+from medcore_tp.checkpoint import load_model
+from medcore_tp.cli import main
+from medcore_tp.cli._common import model_option
+from medcore_tp.data import load_datasets, resolve_splits, select_split
+from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
+
+
+@main.command("finetune")
+@model_option
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="Dense or pruned checkpoint.")
+@click.option("--data", required=True, help="Dataset folder(s), comma-separated (train and val splits are used).")
+@click.option("--splits", type=click.Path(dir_okay=False), default=None,
+              help="splits.json to reuse (default: OUT/splits.json, created if missing).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True, help="Early-stop patience (epochs).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/state.pth.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/finetune", show_default=True)
+def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, patience, device, seed, resume,
+                 no_progress, out_dir) -> None:
+    """Train encoder and mask decoder (prompt encoder frozen); keeps the best validation checkpoint."""
+    from medcore_tp.cli.prune import _device
+
+    dev = _device(device)
+    datasets = load_datasets([r for r in data.split(",") if r])
+    doc = resolve_splits(datasets, splits or os.path.join(out_dir, "splits.json"))
+    train = [s for v in select_split(datasets, doc, "train").values() for s in v]
+    val = [s for v in select_split(datasets, doc, "val").values() for s in v]
+    model, record = load_model(model_name, checkpoint)
+    model = model.to(dev)
+    config = FinetuneConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
+    torch.manual_seed(seed)
+    result = finetune(model, train, val, out_dir, base=model_name, config=config, resume=resume,
+                      progress=not no_progress)
+    save_json({"model": model_name, "checkpoint": checkpoint, "pruned": record is not None, "data": data,
+               "train_images": len(train), "val_images": len(val), "config": vars(config), **result},
+              os.path.join(out_dir, "finetune.json"))
+    for c in result["curves"]:
+        click.echo(f"epoch {c['epoch']:3d}  train {c['train_loss']:.4f}  val {c['val_loss']:.4f}" + ("  *" if c["best"] else ""))
+    stop = " (early stop)" if result["stopped_early"] else ""
+    click.echo(f"best validation loss {result['best_val_loss']:.4f}{stop}; wrote {BEST_FILE}, {CURVES_FILE}, "
+               f"finetune.json to {out_dir}")
