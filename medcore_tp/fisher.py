@@ -9,7 +9,8 @@ low-res logit size, logits z, p = sigmoid(z)):
 
 Samples whose gradient is not finite are skipped and counted. Each sample gets its own forward and
 backward, so the result does not depend on how samples are batched, and the cost is one
-forward+backward per sample plus an in-place square-and-add.
+forward+backward per sample plus an in-place square-and-add. Under torch.distributed the samples are
+dealt out across processes and the sums and counts all-reduced.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.distributed import all_reduce_sum, rank, world_size
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits
 
@@ -78,12 +80,16 @@ def diagonal_fisher(
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     seen = skipped = 0
     losses = []
+    position, me, world = 0, rank(), world_size()  # samples are dealt out round-robin across processes
     was_training = model.training
     model.train()
     bar = tqdm(total=total, desc=description, unit="img", disable=not progress, leave=False)
     try:
         for batch in batches:
             for i in range(len(batch.images)):
+                position += 1
+                if (position - 1) % world != me:
+                    continue
                 model.zero_grad(set_to_none=True)
                 logits = forward_logits(model, batch.images[i : i + 1], batch.boxes[i : i + 1])
                 loss = calibration_loss(logits, batch.masks[i : i + 1].to(logits.device))[0]
@@ -100,6 +106,9 @@ def diagonal_fisher(
     finally:
         bar.close()
         model.train(was_training)
+    counts = torch.tensor([seen, skipped], dtype=torch.float64, device=sums[0].device)
+    all_reduce_sum(sums + [counts])
+    seen, skipped = int(counts[0]), int(counts[1])
     if seen == 0:
         raise MedcoreError(f"calibration: all {skipped} samples gave non-finite gradients; no Fisher can be computed")
     return FisherResult({n: s / seen for n, s in zip(names, sums, strict=True)}, seen, skipped, losses)

@@ -18,6 +18,7 @@ from medcore_tp.calibration import accumulate_gradients, calibration_sets, synth
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_int_list, table
+from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import build_model
 from medcore_tp.profile import count_params, profile_model
@@ -98,6 +99,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         heads_ratio, mlp_ratio, protect = rule.heads_ratio, rule.mlp_ratio, rule.protect
     protect = protect or []
     dev = _device(device)
+    init_from_env(dev)
     roots = [r for r in (data or "").split(",") if r]
     if weights is not None and len(weights) != max(len(roots), 1):
         raise MedcoreError(f"--data-weights {data_weights}: {len(weights)} weights for {len(roots)} data folders")
@@ -166,6 +168,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         scores_rows = scores_table(imp, plan)
     after = profile_model(model)
 
+    if not is_main():
+        return  # every process pruned the same way; only rank 0 writes and reports
     os.makedirs(out_dir, exist_ok=True)
     save_pruned(model.cpu(), os.path.join(out_dir, "pruned.pth"), base=model_name)
     record = summary(
@@ -173,7 +177,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
         ratio=ratio, ratio_rule=None if rule is None else vars(rule), heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
         protect_blocks=protect, alpha=alpha, data=roots, data_weights=weights, calibration=calib_info, seed=seed,
-        device=str(dev), recovery=recovery, seconds=time.perf_counter() - start, **extra,
+        device=str(dev), processes=world_size(), recovery=recovery, seconds=time.perf_counter() - start, **extra,
     )
     save_json(record, os.path.join(out_dir, "summary.json"))
     if splits is not None:
