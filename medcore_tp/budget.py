@@ -151,17 +151,34 @@ class RatioRule:
 
 
 def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float, mlp_ratio: float,
-                   head_params: int, channel_params: int) -> int:
-    """Encoder parameters removed by these ratios (paper denominators, rounding as in the budget)."""
-    return round(heads_ratio * sum(heads)) * head_params + round(mlp_ratio * sum(mlp)) * channel_params
+                   head_params: int | Sequence[int], channel_params: int | Sequence[int],
+                   protect: Sequence[int] = ()) -> int:
+    """Encoder parameters removed by these ratios (paper denominators, rounding as in the budget).
+
+    ``head_params`` / ``channel_params``: parameters of one head / one MLP channel, either one number
+    for every block (SAM's ViT) or one per block (TinyViT, whose stages differ). Per-block costs are
+    summed over the allocation :func:`ratio_budget` makes with uniform weights among unprotected
+    blocks (an importance-weighted allocation removes the same counts, possibly in other blocks).
+    """
+    n_heads, n_mlp = round(heads_ratio * sum(heads)), round(mlp_ratio * sum(mlp))
+    if isinstance(head_params, int) and isinstance(channel_params, int):
+        return n_heads * head_params + n_mlp * channel_params
+    per_head = [head_params] * len(heads) if isinstance(head_params, int) else list(head_params)
+    per_channel = [channel_params] * len(mlp) if isinstance(channel_params, int) else list(channel_params)
+    if len(per_head) != len(heads) or len(per_channel) != len(mlp):
+        raise ValueError(f"{len(heads)} blocks but {len(per_head)} head and {len(per_channel)} channel costs")
+    cap_h, cap_m = removable(heads, mlp, protect)
+    return sum(n * p for n, p in zip(allocate(n_heads, cap_h), per_head, strict=True)) + sum(
+        n * p for n, p in zip(allocate(n_mlp, cap_m), per_channel, strict=True)
+    )
 
 
 def ratio_rule(
     ratio: float,
     heads: Sequence[int],
     mlp: Sequence[int],
-    head_params: int,
-    channel_params: int,
+    head_params: int | Sequence[int],
+    channel_params: int | Sequence[int],
     encoder_params: int,
     protect: Sequence[int] | None = None,
 ) -> RatioRule:
@@ -175,6 +192,7 @@ def ratio_rule(
     is as close to R as possible.
     ``protect=None`` protects the last two blocks (the paper's 10 and 11 on ViT-B) and lifts that
     protection only when R cannot be reached with it; an explicit ``protect`` is kept as given.
+    ``head_params`` / ``channel_params`` may be per-block lists (see :func:`removed_params`).
     Raises :class:`MedcoreError` for R outside (0, max], giving the maximum.
     """
     n = len(heads)
@@ -189,10 +207,13 @@ def ratio_rule(
         max_h = math.floor(max_h * sum(heads) + 1e-9) / sum(heads)
         max_m = math.floor(max_m * sum(mlp) + 1e-9) / sum(mlp)
 
-        def frac(s: float, max_h: float = max_h, max_m: float = max_m) -> tuple[float, float, float]:
+        def frac(
+            s: float, max_h: float = max_h, max_m: float = max_m, option: list[int] = option
+        ) -> tuple[float, float, float]:
             rh = min(PAPER_HEADS_RATIO * s, max_h)
             rm = min(PAPER_MLP_RATIO * s, max_m)
-            return rh, rm, removed_params(heads, mlp, rh, rm, head_params, channel_params) / encoder_params
+            removed = removed_params(heads, mlp, rh, rm, head_params, channel_params, option)
+            return rh, rm, removed / encoder_params
 
         ceiling = frac(max(max_h / PAPER_HEADS_RATIO, max_m / PAPER_MLP_RATIO))[2]
         if not (0.0 < ratio <= ceiling + 1e-12) or not math.isfinite(ratio):

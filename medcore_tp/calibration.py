@@ -38,19 +38,22 @@ class CalibrationBatch:
     masks: torch.Tensor
 
 
-def batch_from_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int) -> CalibrationBatch:
-    """Preprocess (image, mask) pairs for a model with input side ``size`` (tight boxes)."""
+def batch_from_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int, low_size: int | None = None
+) -> CalibrationBatch:
+    """Preprocess (image, mask) pairs for a model with input side ``size`` (tight boxes); masks at
+    the logit side ``low_size`` (default ``size // 4``, SAM's ViT; see ``inference.logit_size``)."""
     images, boxes, masks = [], [], []
     for image, mask in pairs:
         images.append(torch.from_numpy(preprocess_image(image, size)))
         boxes.append(torch.from_numpy(box_from_mask(mask_to_size(mask, size))))
-        masks.append(torch.from_numpy(mask_to_size(mask, size // 4)))
+        masks.append(torch.from_numpy(mask_to_size(mask, low_size or size // 4)))
     return CalibrationBatch(torch.stack(images), torch.stack(boxes).float(), torch.stack(masks))
 
 
-def synthetic_batch(n: int, size: int, seed: int = 0) -> CalibrationBatch:
+def synthetic_batch(n: int, size: int, seed: int = 0, low_size: int | None = None) -> CalibrationBatch:
     """``n`` samples of the built-in synthetic set, preprocessed for input side ``size``."""
-    return batch_from_pairs(synthetic_pairs(n=n, size=256, seed=seed), size)
+    return batch_from_pairs(synthetic_pairs(n=n, size=256, seed=seed), size, low_size)
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -90,9 +93,11 @@ def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_
     return seen
 
 
-def batches_from_samples(samples: Sequence, size: int, batch_size: int = 8) -> list[CalibrationBatch]:
+def batches_from_samples(
+    samples: Sequence, size: int, batch_size: int = 8, low_size: int | None = None
+) -> list[CalibrationBatch]:
     """Calibration batches (tight boxes) from dataset samples, for input side ``size``."""
-    dataset = SegmentationDataset(samples, size, box_mode="tight")
+    dataset = SegmentationDataset(samples, size, box_mode="tight", low_size=low_size)
     out = []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -116,7 +121,9 @@ class CalibrationSets:
     used: dict[str, int]
 
 
-def calibration_sets(roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8) -> CalibrationSets:
+def calibration_sets(
+    roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8, low_size: int | None = None
+) -> CalibrationSets:
     """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder."""
     datasets = load_datasets(roots)
     splits = make_splits(datasets, seed)
@@ -126,6 +133,6 @@ def calibration_sets(roots: Sequence[str], calib_size: int, size: int, seed: int
         chosen = calibration_subset(samples, calib_size)
         if not chosen:
             raise MedcoreError(f"--data {name}: its training split is empty ({len(datasets[name])} images)")
-        batches[name] = batches_from_samples(chosen, size, batch_size)
+        batches[name] = batches_from_samples(chosen, size, batch_size, low_size)
         used[name] = len(chosen)
     return CalibrationSets(batches=batches, splits=splits, requested=calib_size, used=used)

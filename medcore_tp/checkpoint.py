@@ -17,7 +17,7 @@ from segment_anything.modeling import Sam
 from medcore_tp.arch import adapter_for
 from medcore_tp.atomic import save_torch
 from medcore_tp.errors import MedcoreError
-from medcore_tp.models import build_model, model_config
+from medcore_tp.models import PACKAGED, build_model, model_config
 from medcore_tp.models.loading import PRUNED_FORMAT, is_pruned_checkpoint, load_into, read_checkpoint
 
 FORMAT_VERSION = 1
@@ -75,8 +75,8 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[
     A pruned checkpoint must come from the same architecture as ``name`` (``medsam`` and
     ``sam-vit-b`` are the same architecture).
     """
-    if checkpoint is None:
-        return build_model(name), None
+    if checkpoint is None or os.fspath(checkpoint) == PACKAGED:
+        return build_model(name, checkpoint), None
     obj = read_checkpoint(checkpoint)
     if not is_pruned_checkpoint(obj):
         return build_model(name, checkpoint), None

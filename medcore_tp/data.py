@@ -423,7 +423,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Samples preprocessed for a SAM-style model with input size ``input_size``.
 
     Each item is a dict: ``index``; ``image`` (3, S, S) float32 in [0, 1]; ``box`` (4,) float32
-    ``[x0, y0, x1, y1]`` in the input frame; ``mask`` (S, S) bool; ``mask_low`` (S/4, S/4) bool;
+    ``[x0, y0, x1, y1]`` in the input frame; ``mask`` (S, S) bool; ``mask_low`` at the model's logit
+    size (``low_size``, default S/4 as for SAM's ViT; LiteMedSAM's logits are S x S) bool;
     ``mask_original`` (H, W) bool numpy array; ``original_size`` (H, W).
     ``box_mode``: ``tight`` (no widening), ``random`` (each side widened by 0..box_jitter px, new
     draw every time; reproducible under ``torch.manual_seed``), ``deterministic`` (the same draw
@@ -432,13 +433,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], input_size: int, box_mode: str = "deterministic",
-                 box_jitter: int = 5, seed: int = 42, skip_bad: bool = False, resize: str = "torch") -> None:
+                 box_jitter: int = 5, seed: int = 42, skip_bad: bool = False, resize: str = "torch",
+                 low_size: int | None = None) -> None:
         if box_mode not in BOX_MODES:
             raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
         if box_jitter < 0:
             raise MedcoreError(f"--box-jitter must be >= 0, got {box_jitter}")
         self.samples = list(samples)
         self.input_size = int(input_size)
+        self.low_size = int(low_size) if low_size else self.input_size // 4
         self.box_mode = box_mode
         self.box_jitter = int(box_jitter)
         self.seed = seed
@@ -473,7 +476,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             "image": torch.from_numpy(preprocess_image(image, size, self.resize)),
             "box": torch.from_numpy(self._box(sample, mask_input)),
             "mask": torch.from_numpy(mask_input),
-            "mask_low": torch.from_numpy(mask_to_size(mask, size // 4)),
+            "mask_low": torch.from_numpy(mask_to_size(mask, self.low_size)),
             "mask_original": mask,
             "original_size": mask.shape,
         }

@@ -30,7 +30,7 @@ from medcore_tp.calibration import segmentation_loss
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.data import SegmentationDataset, collate
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import forward_logits
+from medcore_tp.inference import forward_logits, logit_size
 
 STATE_FILE = "state.pth"
 BEST_FILE = "best.pth"
@@ -119,8 +119,11 @@ def finetune(
     )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    train_set = SegmentationDataset(train, size, box_mode="random", box_jitter=cfg.box_jitter, seed=cfg.seed)
-    val_set = SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed)
+    low = logit_size(model)
+    train_set = SegmentationDataset(train, size, box_mode="random", box_jitter=cfg.box_jitter, seed=cfg.seed,
+                                    low_size=low)
+    val_set = SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed,
+                                  low_size=low)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=collate)
 
     os.makedirs(out_dir, exist_ok=True)

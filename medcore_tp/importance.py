@@ -199,6 +199,7 @@ class MedCoreImportance(tp.importance.Importance):
         self.encoder = image_encoder(model)
         self.scores = medcore_scores(stats, weights=weights, alpha=alpha, beta=beta)
         adapter = adapter_for(self.encoder)
+        self._adapter = adapter
         self._hd = adapter.head_dim(self.encoder)
         self._roles: dict[nn.Module, tuple[int, str]] = {}
         for b, blk in enumerate(adapter.blocks(self.encoder)):
@@ -223,7 +224,7 @@ class MedCoreImportance(tp.importance.Importance):
         hd = self._hd
         width = dep.target.module.in_features if layer == "proj" else dep.target.module.out_features // 3
         self._check(block, "heads", nh, width // hd)
-        heads = (root // hd) if layer == "proj" else (root % (nh * hd)) // hd
+        heads = (root // hd) if layer == "proj" else self._adapter.qkv_row_heads(self.encoder, block, root)
         return s.head_q[heads].float()
 
     def _check(self, block: int, what: str, expected: int, now: int) -> None:

@@ -17,12 +17,20 @@ from segment_anything.modeling import Sam
 
 from medcore_tp.data import preprocess_image
 
-__all__ = ["forward_logits", "input_size", "logits_to_masks", "predict_logits", "segment", "upsample_logits"]
+__all__ = [
+    "forward_logits", "input_size", "logit_size", "logits_to_masks", "predict_logits", "segment", "upsample_logits",
+]
 
 
 def input_size(model: Sam) -> int:
     """The model's square input side (``model.image_encoder.img_size``: 1024 for ViT-B)."""
     return int(model.image_encoder.img_size)
+
+
+def logit_size(model: Sam) -> int:
+    """Side of the decoder's low-res logits: 4 x the image-embedding side (256 for ViT-B at 1024,
+    i.e. input / 4; 256 for LiteMedSAM at 256, i.e. the input size itself)."""
+    return 4 * int(model.prompt_encoder.image_embedding_size[0])
 
 
 def _device(model: Sam) -> torch.device:

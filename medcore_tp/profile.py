@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,10 +46,15 @@ def flops_torch(model: nn.Module, batch: int = 1) -> dict[str, float]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         encoder(torch.zeros(batch, 3, size, size, device="meta"))
     out = {"total": float(counter.get_total_flops())}
+    adapter = adapter_for(encoder)
+    # the counter names modules "<root class>.<path>"; blocks by the adapter's parameter prefixes
+    block_of = {
+        f"{type(encoder).__name__}.{adapter.block_prefix(encoder, i).rstrip('.')}": i
+        for i in range(len(adapter.blocks(encoder)))
+    }
     for name, per_op in counter.get_flop_counts().items():
-        match = re.fullmatch(r"[^.]+\.blocks\.(\d+)", name)
-        if match:
-            out[f"block_{match.group(1)}"] = float(sum(per_op.values()))
+        if name in block_of:
+            out[f"block_{block_of[name]}"] = float(sum(per_op.values()))
     return out
 
 

@@ -12,10 +12,10 @@ from types import ModuleType
 
 from torch import nn
 
-from medcore_tp.arch import sam_vit
+from medcore_tp.arch import sam_vit, tiny_vit
 from medcore_tp.errors import MedcoreError
 
-ADAPTERS: tuple[ModuleType, ...] = (sam_vit,)
+ADAPTERS: tuple[ModuleType, ...] = (sam_vit, tiny_vit)
 
 
 def image_encoder(model: nn.Module) -> nn.Module:

@@ -202,6 +202,12 @@ def head_qkv_rows(head: int, num_heads: int, hd: int) -> list[int]:
     return [part * width + i for part in range(3) for i in head_channels(head, hd)]
 
 
+def qkv_row_heads(encoder: ImageEncoderViT, block: int, rows: torch.Tensor) -> torch.Tensor:
+    """The head owning each fused ``qkv`` row ([Q | K | V] layout, head-major inside each part)."""
+    nh, hd = heads_per_block(encoder)[block], head_dim(encoder)
+    return (rows % (nh * hd)) // hd
+
+
 def unwrapped_parameters(encoder: ImageEncoderViT) -> list[tuple[nn.Parameter, int]]:
     """Parameters outside standard layers, with the dimension that holds channels.
 

@@ -20,6 +20,7 @@ from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_int_list, table
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
+from medcore_tp.inference import logit_size
 from medcore_tp.models import build_model
 from medcore_tp.profile import count_params, profile_model
 from medcore_tp.prune import make_importance, prune_by_budget, summary
@@ -122,7 +123,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     size = model.image_encoder.img_size
     if importance in ("medcore", "boundary-fisher", "taylor") or recover_steps > 0:
         if roots:
-            sets = calibration_sets(roots, calib_size, size, batch_size=batch_size)
+            sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=logit_size(model))
             splits = sets.splits
             for name, used in sets.used.items():
                 if used < calib_size:
@@ -130,7 +131,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
             batches = sets.batches
         else:
             click.echo(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
-            batches = {"synthetic": [synthetic_batch(calib_size, size, seed=seed)]}
+            batches = {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=logit_size(model))]}
     if importance in ("medcore", "boundary-fisher", "taylor"):
         if importance == "taylor":
             seen = accumulate_gradients(model, [b for bs in batches.values() for b in bs], batch_size=1)

