@@ -103,6 +103,7 @@ def diagonal_fisher(
                         acc.addcmul_(g, g)
                 seen += 1
                 losses.append(float(loss.detach()))
+                del grads, logits, loss  # free them before the next sample's forward (peak memory)
     finally:
         bar.close()
         model.train(was_training)

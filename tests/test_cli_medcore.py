@@ -154,3 +154,14 @@ def test_cascade_with_recovery_records_loss_curves(tmp_path, checkpoints):
     rec = json.loads((tmp_path / "o" / "summary.json").read_text())["recovery"]
     assert [r["stage"] for r in rec] == ["heads", "mlp"] and all(len(r["loss"]) == 3 for r in rec)
     assert "recovery after removing heads" in res.output
+
+
+def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
+    res = run("prune", "--model", "lite-tiny", "--random-init", "--ratio", 0.05, "--calib-size", 2,
+              "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "measured on built-in SYNTHETIC set (8 images" in res.output
+    rep = json.loads((tmp_path / "o" / "summary.json").read_text())["report"]
+    for when in ("before", "after"):
+        assert rep[when]["images"] == 8 and rep[when]["latency_s"] > 0
+        assert 0 <= rep[when]["dice"] <= 1 and 0 <= rep[when]["boundary_f1"] <= 1 and rep[when]["hd95"] >= 0

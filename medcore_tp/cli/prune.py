@@ -17,11 +17,11 @@ from medcore_tp.budget import ratio_budget, ratio_rule
 from medcore_tp.calibration import accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
-from medcore_tp.cli._common import model_option, parse_int_list, table
+from medcore_tp.cli._common import parse_int_list, table
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import logit_size
-from medcore_tp.models import build_model
+from medcore_tp.models import MODEL_NAMES, PACKAGED, build_model
 from medcore_tp.profile import count_params, profile_model
 from medcore_tp.prune import make_importance, prune_by_budget, summary
 from medcore_tp.recipe import (
@@ -32,8 +32,10 @@ from medcore_tp.recipe import (
     statistics,
 )
 from medcore_tp.recovery import recover
+from medcore_tp.report import snapshot
 
 IMPORTANCES = ("medcore", "boundary-fisher", "magnitude", "taylor", "random")
+PACKAGED_MODELS = ("lite-medsam",)  # models whose trained weights ship with a package
 
 
 def _float_list(option: str, text: str | None) -> list[float] | None:
@@ -54,7 +56,8 @@ def _device(name: str) -> torch.device:
 
 
 @main.command("prune")
-@model_option
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="lite-medsam", show_default=True,
+              help="Model architecture (lite-medsam: the packaged, trained LiteMedSAM unless --checkpoint).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Dense checkpoint to prune.")
 @click.option("--random-init", is_flag=True, help="Prune a randomly initialised model (must be asked for).")
 @click.option("--source-checkpoint", type=click.Path(dir_okay=False),
@@ -67,21 +70,36 @@ def _device(name: str) -> torch.device:
 @click.option("--mlp-ratio", type=float, default=None, help="Override: fraction of ALL MLP channels to remove.")
 @click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
 @click.option("--alpha", default="auto", show_default=True, help="MedCore alpha: auto (paper) or a number in [0, 1].")
-@click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Calibration images per dataset (first of the training split).")
+@click.option("--calib-size", type=click.IntRange(min=1), default=None,
+              help="Calibration images per dataset, first of the training split [default: 128; 8 without --data].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration batch size.")
-@click.option("--recover-steps", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Recovery steps after removing heads and after removing MLP channels (0 to skip).")
+@click.option("--recover-steps", type=click.IntRange(min=0), default=None,
+              help="Recovery steps after removing heads and after removing MLP channels, 0 to skip "
+                   "[default: 100; 0 without --data].")
+@click.option("--report/--no-report", default=None,
+              help="Measure latency and Dice/BF1/HD95 before and after [default: on without --data, "
+                   "on the built-in synthetic set; with --data on the test split].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (random importance, random init).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/prune", show_default=True,
+              help="Output folder.")
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, ratio, importance,
-          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, device, seed,
-          no_progress, out_dir) -> None:
-    """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv."""
+          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, report, device,
+          seed, no_progress, out_dir) -> None:
+    """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
+
+    With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
+    set and reports parameters, FLOPs, latency and boundary quality before and after.
+    """
+    if checkpoint is None and not random_init and model_name in PACKAGED_MODELS:
+        checkpoint = PACKAGED
     if (checkpoint is None) == (not random_init):
         raise click.UsageError("give either --checkpoint PATH or --random-init (pruning random weights must be asked for)")
+    quick = not data  # the built-in default: small calibration, no recovery, a report
+    calib_size = calib_size if calib_size is not None else (8 if quick else 128)
+    recover_steps = recover_steps if recover_steps is not None else (0 if quick else 100)
+    report = quick if report is None else report
     alpha_value = _parse_alpha(alpha)
     weights = _float_list("--data-weights", data_weights)
     protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
@@ -118,6 +136,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
             except MedcoreError as exc:
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
     before = profile_model(model)
+    shown_before = snapshot(model, roots or None, progress=not no_progress) if report else None
 
     calib_info, splits, scores_rows, extra, batches = None, None, None, {}, None
     size = model.image_encoder.img_size
@@ -168,6 +187,10 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     if importance in ("medcore", "boundary-fisher"):
         scores_rows = scores_table(imp, plan)
     after = profile_model(model)
+    shown_after = snapshot(model, roots or None, progress=not no_progress) if report else None
+    if report:
+        extra["report"] = {"evaluation_set": "test split of --data" if roots else "built-in SYNTHETIC set",
+                           "before": shown_before.to_dict(), "after": shown_after.to_dict()}
 
     if not is_main():
         return  # every process pruned the same way; only rank 0 writes and reports
@@ -188,6 +211,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         save_text(_csv(scores_rows), os.path.join(out_dir, "scores.csv"))
         written.append("scores.csv")
     _report(before, after, budget, record, importance, extra)
+    if report:
+        _report_quality(extra["report"])
     click.echo(f"wrote {', '.join(written)} to {out_dir}")
 
 
@@ -201,6 +226,22 @@ def _parse_alpha(alpha: str) -> str | float:
     if not 0.0 <= value <= 1.0:
         raise MedcoreError(f"--alpha {alpha}: must be 'auto' or a number in [0, 1]")
     return value
+
+
+def _report_quality(rep: dict) -> None:
+    b, a = rep["before"], rep["after"]
+    click.echo(f"\nmeasured on {rep['evaluation_set']} ({b['images']} images, tight boxes for the synthetic set):")
+    click.echo(
+        table(
+            [
+                ("encoder latency (s)", f"{b['latency_s']:.3f}", f"{a['latency_s']:.3f}"),
+                ("Dice", f"{b['dice']:.4f}", f"{a['dice']:.4f}"),
+                ("Boundary F1", f"{b['boundary_f1']:.4f}", f"{a['boundary_f1']:.4f}"),
+                ("HD95 (px)", f"{b['hd95']:.2f}", f"{a['hd95']:.2f}"),
+            ],
+            ("", "before", "after"),
+        )
+    )
 
 
 def _csv(rows: list[dict]) -> str:
