@@ -66,15 +66,29 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return (bce + dice).mean()
 
 
+def train_with_frozen_norms(model: torch.nn.Module) -> None:
+    """Train mode, except batch-norm layers, which stay in eval mode.
+
+    Calibration, recovery and fine-tuning run one or a few images at a time: batch statistics of such
+    batches would change the function being measured and overwrite the running statistics (LiteMedSAM's
+    conv stages have batch norm; SAM's ViT has none). Everything else behaves as in training (e.g.
+    TinyViT's attention biases receive gradients).
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_size: int = 1) -> int:
     """Fill ``.grad`` of the encoder with the summed gradient of :func:`segmentation_loss`.
 
-    Runs in train mode (SAM has no dropout or batch norm, so the maths is the same) so that every
-    parameter receives its gradient. Returns the number of samples seen.
+    Runs in :func:`train_with_frozen_norms` mode so that every parameter receives its gradient and
+    batch-norm statistics stay as they are. Returns the number of samples seen.
     """
     encoder = model.image_encoder
     was_training = model.training
-    model.train()
+    train_with_frozen_norms(model)
     model.zero_grad(set_to_none=True)
     seen = 0
     try:

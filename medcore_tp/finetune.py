@@ -26,7 +26,7 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from medcore_tp.atomic import save_text, save_torch
-from medcore_tp.calibration import segmentation_loss
+from medcore_tp.calibration import segmentation_loss, train_with_frozen_norms
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.data import SegmentationDataset, collate
 from medcore_tp.errors import MedcoreError
@@ -147,7 +147,7 @@ def finetune(
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
             break
-        model.train()
+        train_with_frozen_norms(model)  # small batches: keep batch-norm statistics as trained
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(train_set, order.tolist()), batch_size=cfg.batch_size, collate_fn=collate

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
-from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.distributed import all_reduce_sum, rank, world_size
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits
@@ -70,8 +70,9 @@ def diagonal_fisher(
 ) -> FisherResult:
     """Per-sample diagonal Fisher of ``model.image_encoder`` under :func:`calibration_loss`.
 
-    The whole model runs (encoder, prompt encoder with the box, mask decoder) in train mode (SAM has
-    no dropout or batch norm); only encoder gradients are kept. Raises :class:`MedcoreError` when no
+    The whole model runs (encoder, prompt encoder with the box, mask decoder) in train mode with
+    batch-norm layers frozen (:func:`~medcore_tp.calibration.train_with_frozen_norms`); only encoder
+    gradients are kept. Raises :class:`MedcoreError` when no
     sample has a finite gradient.
     """
     encoder = model.image_encoder
@@ -82,7 +83,7 @@ def diagonal_fisher(
     losses = []
     position, me, world = 0, rank(), world_size()  # samples are dealt out round-robin across processes
     was_training = model.training
-    model.train()
+    train_with_frozen_norms(model)
     bar = tqdm(total=total, desc=description, unit="img", disable=not progress, leave=False)
     try:
         for batch in batches:

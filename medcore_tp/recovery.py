@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
-from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.fisher import boundary_band
 from medcore_tp.inference import decode_logits
 
@@ -106,7 +106,7 @@ def recover(
     size = encoder.img_size
     device = next(encoder.parameters()).device
     was_training = model.training
-    model.train()
+    train_with_frozen_norms(model)
     losses = []
     try:
         for i in tqdm(order.tolist(), desc=description, disable=not progress, leave=False):

@@ -488,3 +488,25 @@ def test_packaged_lite_medsam_prunes_through_a_plain_metapruner():
     with torch.no_grad():
         _zeroed(dense, plan)
         _assert_close_to_scale(enc(x), dense(x))
+
+
+def test_calibration_leaves_batch_norm_statistics_alone():
+    """LiteMedSAM's conv stages have batch norm: Fisher and recovery must neither use nor update batch stats."""
+    import copy
+
+    from medcore_tp import build_model
+    from medcore_tp.calibration import synthetic_batch
+    from medcore_tp.fisher import diagonal_fisher
+    from medcore_tp.recovery import recover
+
+    model = build_model("lite-tiny")
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    batch = synthetic_batch(2, 256, low_size=256)  # LiteMedSAM's logits are at the input size
+    res = diagonal_fisher(model, [batch])
+    assert res.samples == 2
+    assert any(v.abs().sum() > 0 for k, v in res.fisher.items() if "attention_biases" in k)
+    recover(model, copy.deepcopy(model), [batch], steps=1)
+    for m, (mean, var) in zip(bn, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)

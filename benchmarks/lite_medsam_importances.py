@@ -1,0 +1,64 @@
+"""Packaged LiteMedSAM pruned by 30% with medcore, taylor and random importance, evaluated on real polyps.
+
+For each importance: ``medcore-tp prune --model lite-medsam --data kvasir-seg-256,cvc-clinicdb-256
+--ratio 0.3 --calib-size 16 --recover-steps 0`` then ``medcore-tp evaluate`` on the test split of the
+same seeded split (calibration images come from the training split); plus the dense model, and MedCore
+with 25 recovery steps per stage. Prints a table and writes
+``benchmarks/results/lite_medsam_importances_<machine>.json``.
+
+Usage: ``python benchmarks/lite_medsam_importances.py [--data-root ../shared/data] [--work out/lite-importances]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _machine import machine_info, machine_tag  # noqa: E402
+
+from medcore_tp.atomic import save_json  # noqa: E402
+
+RUNS = [("medcore", 0), ("taylor", 0), ("random", 0), ("medcore", 25)]
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--work", default="out/lite-importances")
+    parser.add_argument("--ratio", default="0.3")
+    args = parser.parse_args()
+    data = ",".join(os.path.join(args.data_root, n) for n in ("kvasir-seg-256", "cvc-clinicdb-256"))
+    rows = {}
+    dense = os.path.join(args.work, "dense")
+    _cli("evaluate", "--model", "lite-medsam", "--checkpoint", "packaged", "--data", data, "--split", "test",
+         "--out", dense)
+    rows["dense"] = json.load(open(os.path.join(dense, "summary.json")))["macro"]
+    for imp, steps in RUNS:
+        name = f"{imp}" + (f"+recovery{steps}" if steps else "")
+        p, e = os.path.join(args.work, f"prune_{name}"), os.path.join(args.work, f"eval_{name}")
+        _cli("prune", "--model", "lite-medsam", "--data", data, "--ratio", args.ratio, "--importance", imp,
+             "--calib-size", "16", "--recover-steps", str(steps), "--no-report", "--out", p)
+        _cli("evaluate", "--model", "lite-medsam", "--checkpoint", os.path.join(p, "pruned.pth"), "--data", data,
+             "--split", "test", "--splits", os.path.join(p, "splits.json"), "--out", e)
+        summary = json.load(open(os.path.join(p, "summary.json")))
+        rows[name] = {**json.load(open(os.path.join(e, "summary.json")))["macro"],
+                      "removed": summary["encoder_params_removed_fraction"]}
+    print(f"{'model':22s} {'removed':>8s} {'dice':>7s} {'iou':>7s} {'bf1':>7s} {'hd95':>7s} {'nsd':>7s}")
+    for name, r in rows.items():
+        print(f"{name:22s} {r.get('removed', 0.0):8.2%} {r['dice']:7.4f} {r['iou']:7.4f} {r['boundary_f1']:7.4f} "
+              f"{r['hd95']:7.2f} {r['nsd']:7.4f}")
+    out = os.path.join(os.path.dirname(__file__), "results", f"lite_medsam_importances_{machine_tag()}.json")
+    save_json({"machine": machine_info(), "ratio": float(args.ratio), "calib_size": 16, "rows": rows}, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
