@@ -152,13 +152,13 @@ class RatioRule:
 
 def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float, mlp_ratio: float,
                    head_params: int | Sequence[int], channel_params: int | Sequence[int],
-                   protect: Sequence[int] = ()) -> int:
+                   protect: Sequence[int] = (), weights: Sequence[float] | None = None) -> int:
     """Encoder parameters removed by these ratios (paper denominators, rounding as in the budget).
 
     ``head_params`` / ``channel_params``: parameters of one head / one MLP channel, either one number
     for every block (SAM's ViT) or one per block (TinyViT, whose stages differ). Per-block costs are
-    summed over the allocation :func:`ratio_budget` makes with uniform weights among unprotected
-    blocks (an importance-weighted allocation removes the same counts, possibly in other blocks).
+    summed over the allocation :func:`ratio_budget` makes with the same per-block ``weights``
+    (uniform when None).
     """
     n_heads, n_mlp = round(heads_ratio * sum(heads)), round(mlp_ratio * sum(mlp))
     if isinstance(head_params, int) and isinstance(channel_params, int):
@@ -168,8 +168,8 @@ def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float,
     if len(per_head) != len(heads) or len(per_channel) != len(mlp):
         raise ValueError(f"{len(heads)} blocks but {len(per_head)} head and {len(per_channel)} channel costs")
     cap_h, cap_m = removable(heads, mlp, protect)
-    return sum(n * p for n, p in zip(allocate(n_heads, cap_h), per_head, strict=True)) + sum(
-        n * p for n, p in zip(allocate(n_mlp, cap_m), per_channel, strict=True)
+    return sum(n * p for n, p in zip(allocate(n_heads, cap_h, weights), per_head, strict=True)) + sum(
+        n * p for n, p in zip(allocate(n_mlp, cap_m, weights), per_channel, strict=True)
     )
 
 
@@ -181,6 +181,7 @@ def ratio_rule(
     channel_params: int | Sequence[int],
     encoder_params: int,
     protect: Sequence[int] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> RatioRule:
     """Turn a target fraction of encoder parameters into head / MLP ratios and protected blocks.
 
@@ -192,7 +193,9 @@ def ratio_rule(
     is as close to R as possible.
     ``protect=None`` protects the last two blocks (the paper's 10 and 11 on ViT-B) and lifts that
     protection only when R cannot be reached with it; an explicit ``protect`` is kept as given.
-    ``head_params`` / ``channel_params`` may be per-block lists (see :func:`removed_params`).
+    ``head_params`` / ``channel_params`` may be per-block lists (see :func:`removed_params`); then the
+    per-block budget ``weights`` (e.g. MedCore's 1 / s_b) decide where the removals fall and so how
+    many parameters go, and the search accounts for them.
     Raises :class:`MedcoreError` for R outside (0, max], giving the maximum.
     """
     n = len(heads)
@@ -212,7 +215,7 @@ def ratio_rule(
         ) -> tuple[float, float, float]:
             rh = min(PAPER_HEADS_RATIO * s, max_h)
             rm = min(PAPER_MLP_RATIO * s, max_m)
-            removed = removed_params(heads, mlp, rh, rm, head_params, channel_params, option)
+            removed = removed_params(heads, mlp, rh, rm, head_params, channel_params, option, weights)
             return rh, rm, removed / encoder_params
 
         ceiling = frac(max(max_h / PAPER_HEADS_RATIO, max_m / PAPER_MLP_RATIO))[2]

@@ -161,7 +161,10 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
               "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "measured on built-in SYNTHETIC set (8 images" in res.output
-    rep = json.loads((tmp_path / "o" / "summary.json").read_text())["report"]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    # TinyViT's stages have groups of different sizes: the sensitivity-weighted allocation still lands on R
+    assert abs(summary["encoder_params_removed_fraction"] - 0.05) <= 0.005
+    rep = summary["report"]
     for when in ("before", "after"):
         assert rep[when]["images"] == 8 and rep[when]["latency_s"] > 0
         assert 0 <= rep[when]["dice"] <= 1 and 0 <= rep[when]["boundary_f1"] <= 1 and rep[when]["hd95"] >= 0

@@ -103,6 +103,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     alpha_value = _parse_alpha(alpha)
     weights = _float_list("--data-weights", data_weights)
     protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
+    user_protect = protect
     arch = build_model(model_name, device="meta")  # budget first: bad ratios fail before any work
     heads, mlp = adapter_for(arch).heads_per_block(arch.image_encoder), adapter_for(arch).mlp_per_block(arch.image_encoder)
     if heads_ratio is not None or mlp_ratio is not None:
@@ -170,6 +171,12 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     else:
         imp = make_importance(importance)
     budget_weights = sensitivity_weights(imp) if importance in ("medcore", "boundary-fisher") else None
+    if rule is not None and budget_weights is not None:
+        # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation
+        # changes how many parameters a ratio removes: settle the ratios again with those weights.
+        rule = ratio_rule(ratio, heads, mlp, head_p, chan_p, count_params(arch.image_encoder), user_protect,
+                          budget_weights)
+        heads_ratio, mlp_ratio, protect = rule.heads_ratio, rule.mlp_ratio, rule.protect
     budget = ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect, weights=budget_weights)
     recovery = []
 
