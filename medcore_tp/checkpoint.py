@@ -17,7 +17,7 @@ from segment_anything.modeling import Sam
 from medcore_tp.arch import adapter_for
 from medcore_tp.atomic import save_torch
 from medcore_tp.errors import MedcoreError
-from medcore_tp.models import PACKAGED, build_model, model_config
+from medcore_tp.models import PACKAGED, build_model, load_dense, model_config
 from medcore_tp.models.loading import PRUNED_FORMAT, is_pruned_checkpoint, load_into, read_checkpoint
 
 FORMAT_VERSION = 1
@@ -79,7 +79,7 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[
         return build_model(name, checkpoint), None
     obj = read_checkpoint(checkpoint)
     if not is_pruned_checkpoint(obj):
-        return build_model(name, checkpoint), None
+        return load_dense(build_model(name), obj, checkpoint, name), None  # read once, not twice
     base = (obj.get("arch") or {}).get("base")
     if base is None or model_config(base) != model_config(name):
         raise MedcoreError(f"checkpoint {checkpoint}: was pruned from {base}, which is not the architecture of --model {name}")

@@ -113,7 +113,7 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor:
 
 
 @dataclass
-class BlockScores:
+class MedCoreScores:
     """MedCore's aggregated scores of one block (what ``scores.csv`` holds)."""
 
     head_zero: torch.Tensor
@@ -131,7 +131,7 @@ def medcore_scores(
     weights: Sequence[float] | None = None,
     alpha: str | float = "auto",
     beta: float = DEFAULT_BETA,
-) -> list[BlockScores]:
+) -> list[MedCoreScores]:
     """Q for every head and MLP channel, per block, aggregated over datasets.
 
     ``alpha="auto"``: per block and dataset from the Pearson correlation (the paper); a number fixes
@@ -152,7 +152,7 @@ def medcore_scores(
         hq = _mix(a, s.head_zero, s.head_reset)
         mq = _mix(a, s.mlp_zero, s.mlp_reset)
         out.append(
-            BlockScores(
+            MedCoreScores(
                 head_zero=pi @ s.head_zero,
                 head_reset=None if s.head_reset is None else pi @ s.head_reset,
                 mlp_zero=pi @ s.mlp_zero,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from segment_anything.modeling import Sam
 
-from medcore_tp.arch import adapter_for
 from medcore_tp.calibration import CalibrationBatch
 from medcore_tp.fisher import FisherResult, diagonal_fisher
 from medcore_tp.graph import BlockPlan
@@ -113,9 +112,3 @@ def scores_table(importance: MedCoreImportance, plan: Mapping[int, BlockPlan]) -
                     "alpha": sc.alpha, "q": float(q[i]), "removed": i in gone,
                 })
     return rows
-
-
-def adapter_widths(model: Sam) -> tuple[list[int], list[int]]:
-    """(heads per block, MLP width per block) of the model's encoder."""
-    adapter = adapter_for(model)
-    return adapter.heads_per_block(model.image_encoder), adapter.mlp_per_block(model.image_encoder)

@@ -277,7 +277,6 @@ def resize(encoder: ImageEncoderViT, heads: list[int], mlp: list[int]) -> None:
             blk.mlp.lin2 = resized_linear(blk.mlp.lin2, width, dim)
 
 
-
 @dataclass(frozen=True)
 class BlockGeometry:
     """What a block's cost depends on: tokens, attention span, widths."""

@@ -570,7 +570,6 @@ def resize(encoder: nn.Module, heads: list[int], mlp: list[int]) -> None:
             blk.mlp.fc2 = resized_linear(blk.mlp.fc2, width, dim)
 
 
-
 # --------------------------------------------------------------------------------------------------
 # FLOPs
 

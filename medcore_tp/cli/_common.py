@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import click
+import torch
 
+from medcore_tp.errors import MedcoreError
 from medcore_tp.models import MODEL_NAMES
 
 model_option = click.option(
@@ -28,3 +30,16 @@ def table(rows: list[tuple], header: tuple) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def parse_device(name: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MedcoreError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:1...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedcoreError(f"--device {name}: CUDA is not available on this machine")
+    return device

@@ -7,7 +7,7 @@ import torch
 
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
-from medcore_tp.cli._common import model_option, table
+from medcore_tp.cli._common import model_option, parse_device, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.evaluate import evaluate as run_evaluation
 from medcore_tp.metrics import METRIC_NAMES
@@ -15,18 +15,6 @@ from medcore_tp.metrics import METRIC_NAMES
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MedcoreError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:1...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedcoreError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 @main.command("evaluate")
@@ -61,7 +49,7 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     if random_init:
         torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
     model, record = load_model(model_name, checkpoint)
-    model.to(_device(device))
+    model.to(parse_device(device))
     info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None}
     result = run_evaluation(model, data_dirs, split=split, splits_path=splits_file, out_dir=out_dir,
                             box_jitter=box_jitter, seed=seed, batch_size=batch_size, num_workers=workers,

@@ -10,7 +10,7 @@ import torch
 from medcore_tp.atomic import save_json
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
-from medcore_tp.cli._common import model_option
+from medcore_tp.cli._common import model_option, parse_device
 from medcore_tp.data import load_datasets, resolve_splits, select_split
 from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
 
@@ -33,9 +33,7 @@ from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
 def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, patience, device, seed, resume,
                  no_progress, out_dir) -> None:
     """Train encoder and mask decoder (prompt encoder frozen); keeps the best validation checkpoint."""
-    from medcore_tp.cli.prune import _device
-
-    dev = _device(device)
+    dev = parse_device(device)
     datasets = load_datasets([r for r in data.split(",") if r])
     doc = resolve_splits(datasets, splits or os.path.join(out_dir, "splits.json"))
     train = [s for v in select_split(datasets, doc, "train").values() for s in v]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import os
@@ -11,27 +10,16 @@ import time
 import click
 import torch
 
-from medcore_tp.arch import adapter_for
 from medcore_tp.atomic import save_json, save_text
-from medcore_tp.budget import ratio_budget, ratio_rule
-from medcore_tp.calibration import accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
-from medcore_tp.cli._common import parse_int_list, table
+from medcore_tp.cli._common import parse_device, parse_int_list, table
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import logit_size
 from medcore_tp.models import MODEL_NAMES, PACKAGED, build_model
-from medcore_tp.profile import count_params, profile_model
-from medcore_tp.prune import make_importance, prune_by_budget, summary
-from medcore_tp.recipe import (
-    calibrate,
-    make_medcore_importance,
-    scores_table,
-    sensitivity_weights,
-    statistics,
-)
-from medcore_tp.recovery import recover
+from medcore_tp.pipeline import run_prune, settle_ratios
+from medcore_tp.profile import profile_model
+from medcore_tp.prune import summary
 from medcore_tp.report import snapshot
 
 IMPORTANCES = ("medcore", "boundary-fisher", "magnitude", "taylor", "random")
@@ -45,14 +33,6 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
         return [float(x) for x in text.split(",")]
     except ValueError:
         raise MedcoreError(f"{option} {text}: not a comma-separated list of numbers") from None
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MedcoreError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 @main.command("prune")
@@ -103,22 +83,15 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     alpha_value = _parse_alpha(alpha)
     weights = _float_list("--data-weights", data_weights)
     protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
-    user_protect = protect
-    arch = build_model(model_name, device="meta")  # budget first: bad ratios fail before any work
-    heads, mlp = adapter_for(arch).heads_per_block(arch.image_encoder), adapter_for(arch).mlp_per_block(arch.image_encoder)
-    if heads_ratio is not None or mlp_ratio is not None:
-        if heads_ratio is None or mlp_ratio is None:
-            raise click.UsageError("--heads-ratio and --mlp-ratio go together")
-        rule = None
-        ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect or [])  # validate now
+    if (heads_ratio is None) != (mlp_ratio is None):
+        raise click.UsageError("--heads-ratio and --mlp-ratio go together")
+    if heads_ratio is not None:
+        ratio = None  # explicit ratios override the --ratio rule
     elif ratio is None:
         raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
-    else:
-        head_p, chan_p = adapter_for(arch).group_params(arch.image_encoder)
-        rule = ratio_rule(ratio, heads, mlp, head_p, chan_p, count_params(arch.image_encoder), protect)
-        heads_ratio, mlp_ratio, protect = rule.heads_ratio, rule.mlp_ratio, rule.protect
-    protect = protect or []
-    dev = _device(device)
+    arch = build_model(model_name, device="meta")
+    settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)  # bad ratios fail before any work
+    dev = parse_device(device)
     init_from_env(dev)
     roots = [r for r in (data or "").split(",") if r]
     if weights is not None and len(weights) != max(len(roots), 1):
@@ -138,64 +111,15 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
     before = profile_model(model)
     shown_before = snapshot(model, roots or None, progress=not no_progress) if report else None
-
-    calib_info, splits, scores_rows, extra, batches = None, None, None, {}, None
-    size = model.image_encoder.img_size
-    if importance in ("medcore", "boundary-fisher", "taylor") or recover_steps > 0:
-        if roots:
-            sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=logit_size(model))
-            splits = sets.splits
-            for name, used in sets.used.items():
-                if used < calib_size:
-                    click.echo(f"note: --calib-size {calib_size}: {name} has {used} training images, using all of them")
-            batches = sets.batches
-        else:
-            click.echo(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
-            batches = {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=logit_size(model))]}
-    if importance in ("medcore", "boundary-fisher", "taylor"):
-        if importance == "taylor":
-            seen = accumulate_gradients(model, [b for bs in batches.values() for b in bs], batch_size=1)
-            calib_info = {"datasets": list(batches), "samples": seen}
-            imp = make_importance("taylor")
-        else:
-            cal = calibrate(model, batches, source=source, weights=weights, progress=not no_progress)
-            imp = make_medcore_importance(model, statistics(model, cal), importance, weights, alpha_value)
-            calib_info = {"datasets": list(batches), "samples": cal.samples}
-            extra = {
-                "source_model_used": source is not None,
-                "alpha_per_block": [s.alpha for s in imp.scores],
-                "sensitivity_per_block": [s.sensitivity for s in imp.scores],
-            }
-            if source is None and importance == "medcore":
-                click.echo("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
-    else:
-        imp = make_importance(importance)
-    budget_weights = sensitivity_weights(imp) if importance in ("medcore", "boundary-fisher") else None
-    if rule is not None and budget_weights is not None:
-        # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation
-        # changes how many parameters a ratio removes: settle the ratios again with those weights.
-        rule = ratio_rule(ratio, heads, mlp, head_p, chan_p, count_params(arch.image_encoder), user_protect,
-                          budget_weights)
-        heads_ratio, mlp_ratio, protect = rule.heads_ratio, rule.mlp_ratio, rule.protect
-    budget = ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect, weights=budget_weights)
-    recovery = []
-
-    def run_stage(stage: str, remove) -> None:
-        teacher = copy.deepcopy(model) if recover_steps > 0 else None
-        remove()
-        if teacher is not None:
-            pool = [b for bs in batches.values() for b in bs]
-            curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
-                            progress=not no_progress, description=f"recovery after {stage}")
-            recovery.append({"stage": stage, "steps": recover_steps, "loss": curve})
-            click.echo(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
-
-    plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
-    if importance in ("medcore", "boundary-fisher"):
-        scores_rows = scores_table(imp, plan)
+    run = run_prune(
+        model, arch, importance, ratio, heads_ratio, mlp_ratio, protect, roots=roots, source=source,
+        data_weights=weights, alpha=alpha_value, calib_size=calib_size, batch_size=batch_size,
+        recover_steps=recover_steps, seed=seed, progress=not no_progress, log=click.echo,
+    )
     after = profile_model(model)
-    shown_after = snapshot(model, roots or None, progress=not no_progress) if report else None
+    extra = dict(run.extra)
     if report:
+        shown_after = snapshot(model, roots or None, progress=not no_progress)
         extra["report"] = {"evaluation_set": "test split of --data" if roots else "built-in SYNTHETIC set",
                            "before": shown_before.to_dict(), "after": shown_after.to_dict()}
 
@@ -203,21 +127,23 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         return  # every process pruned the same way; only rank 0 writes and reports
     os.makedirs(out_dir, exist_ok=True)
     save_pruned(model.cpu(), os.path.join(out_dir, "pruned.pth"), base=model_name)
+    ratios = run.ratios
     record = summary(
-        before, after, budget, plan,
+        before, after, run.budget, run.plan,
         model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
-        ratio=ratio, ratio_rule=None if rule is None else vars(rule), heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
-        protect_blocks=protect, alpha=alpha, data=roots, data_weights=weights, calibration=calib_info, seed=seed,
-        device=str(dev), processes=world_size(), recovery=recovery, seconds=time.perf_counter() - start, **extra,
+        ratio=ratio, ratio_rule=None if ratios.rule is None else vars(ratios.rule), heads_ratio=ratios.heads_ratio,
+        mlp_ratio=ratios.mlp_ratio, protect_blocks=ratios.protect, alpha=alpha, data=roots, data_weights=weights,
+        calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
+        seconds=time.perf_counter() - start, **extra,
     )
     save_json(record, os.path.join(out_dir, "summary.json"))
-    if splits is not None:
-        save_json(splits, os.path.join(out_dir, "splits.json"))
-    written = ["pruned.pth", "summary.json"] + (["splits.json"] if splits is not None else [])
-    if scores_rows is not None:
-        save_text(_csv(scores_rows), os.path.join(out_dir, "scores.csv"))
+    if run.splits is not None:
+        save_json(run.splits, os.path.join(out_dir, "splits.json"))
+    written = ["pruned.pth", "summary.json"] + (["splits.json"] if run.splits is not None else [])
+    if run.scores_rows is not None:
+        save_text(_csv(run.scores_rows), os.path.join(out_dir, "scores.csv"))
         written.append("scores.csv")
-    _report(before, after, budget, record, importance, extra)
+    _report(before, after, run.budget, record, importance, extra)
     if report:
         _report_quality(extra["report"])
     click.echo(f"wrote {', '.join(written)} to {out_dir}")

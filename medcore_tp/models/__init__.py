@@ -42,9 +42,17 @@ def build_model(name: str, checkpoint: str | os.PathLike | None = None, device: 
     with torch.device(device):
         model = build_sam(config)
     if checkpoint is not None:
-        state = dense_state_dict(read_checkpoint(checkpoint), checkpoint)
-        load_into(model, state, checkpoint, name)
+        load_dense(model, read_checkpoint(checkpoint), checkpoint, name)
     return model
 
 
-__all__ = ["MODEL_NAMES", "PACKAGED", "build_model", "model_config"]
+def load_dense(model: torch.nn.Module, obj: object, path: str | os.PathLike, name: str) -> torch.nn.Module:
+    """Load an already-read dense checkpoint object (raw or training format) into ``model``; eval mode.
+
+    ``eval()`` comes after loading because LiteMedSAM's attention caches its bias table there.
+    """
+    load_into(model, dense_state_dict(obj, path), path, name)
+    return model.eval()
+
+
+__all__ = ["MODEL_NAMES", "PACKAGED", "build_model", "load_dense", "model_config"]
