@@ -1,10 +1,10 @@
 """Packaged LiteMedSAM pruned by 30% with medcore, taylor and random importance, evaluated on real polyps.
 
-For each importance: ``medcore-tp prune --model lite-medsam --data kvasir-seg-256,cvc-clinicdb-256
---ratio 0.3 --calib-size 16 --recover-steps 0`` then ``medcore-tp evaluate`` on the test split of the
-same seeded split (calibration images come from the training split); plus the dense model, and MedCore
-with 25 recovery steps per stage. Prints a table and writes
-``benchmarks/results/lite_medsam_importances_<machine>.json``.
+For each importance, without recovery and with ``--recover-steps`` (default 100) per cascade stage:
+``medcore-tp prune --model lite-medsam --data kvasir-seg-256,cvc-clinicdb-256 --ratio 0.3
+--calib-size 16`` then ``medcore-tp evaluate`` on the test split of the same seeded split (calibration
+and recovery images come from the training split); plus the dense model. Prints a table and writes
+``benchmarks/results/lite_medsam_importances_<machine>.json``. Finished runs in ``--work`` are reused.
 
 Usage: ``python benchmarks/lite_medsam_importances.py [--data-root ../shared/data] [--work out/lite-importances]``
 """
@@ -22,10 +22,12 @@ from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
 
-RUNS = [("medcore", 0), ("taylor", 0), ("random", 0), ("medcore", 25)]
+IMPORTANCES = ("medcore", "taylor", "random")
 
 
-def _cli(*args: str) -> None:
+def _cli(done: str, *args: str) -> None:
+    if os.path.exists(done):  # finished in an earlier run
+        return
     subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -34,20 +36,22 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     parser.add_argument("--work", default="out/lite-importances")
     parser.add_argument("--ratio", default="0.3")
+    parser.add_argument("--recover-steps", default="100")
     args = parser.parse_args()
     data = ",".join(os.path.join(args.data_root, n) for n in ("kvasir-seg-256", "cvc-clinicdb-256"))
     rows = {}
     dense = os.path.join(args.work, "dense")
-    _cli("evaluate", "--model", "lite-medsam", "--checkpoint", "packaged", "--data", data, "--split", "test",
-         "--out", dense)
+    _cli(os.path.join(dense, "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint", "packaged",
+         "--data", data, "--split", "test", "--out", dense)
     rows["dense"] = json.load(open(os.path.join(dense, "summary.json")))["macro"]
-    for imp, steps in RUNS:
-        name = f"{imp}" + (f"+recovery{steps}" if steps else "")
+    runs = [(imp, steps) for steps in ("0", args.recover_steps) for imp in IMPORTANCES]
+    for imp, steps in runs:
+        name = f"{imp}" + (f"+recovery{steps}" if steps != "0" else "")
         p, e = os.path.join(args.work, f"prune_{name}"), os.path.join(args.work, f"eval_{name}")
-        _cli("prune", "--model", "lite-medsam", "--data", data, "--ratio", args.ratio, "--importance", imp,
-             "--calib-size", "16", "--recover-steps", str(steps), "--no-report", "--out", p)
-        _cli("evaluate", "--model", "lite-medsam", "--checkpoint", os.path.join(p, "pruned.pth"), "--data", data,
-             "--split", "test", "--splits", os.path.join(p, "splits.json"), "--out", e)
+        _cli(os.path.join(p, "summary.json"), "prune", "--model", "lite-medsam", "--data", data, "--ratio", args.ratio,
+             "--importance", imp, "--calib-size", "16", "--recover-steps", str(steps), "--no-report", "--out", p)
+        _cli(os.path.join(e, "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint",
+             os.path.join(p, "pruned.pth"), "--data", data, "--split", "test", "--splits", os.path.join(p, "splits.json"), "--out", e)
         summary = json.load(open(os.path.join(p, "summary.json")))
         rows[name] = {**json.load(open(os.path.join(e, "summary.json")))["macro"],
                       "removed": summary["encoder_params_removed_fraction"]}
@@ -56,7 +60,8 @@ def main() -> None:
         print(f"{name:22s} {r.get('removed', 0.0):8.2%} {r['dice']:7.4f} {r['iou']:7.4f} {r['boundary_f1']:7.4f} "
               f"{r['hd95']:7.2f} {r['nsd']:7.4f}")
     out = os.path.join(os.path.dirname(__file__), "results", f"lite_medsam_importances_{machine_tag()}.json")
-    save_json({"machine": machine_info(), "ratio": float(args.ratio), "calib_size": 16, "rows": rows}, out)
+    save_json({"machine": machine_info(), "ratio": float(args.ratio), "calib_size": 16,
+               "recover_steps": int(args.recover_steps), "rows": rows}, out)
     print(f"wrote {out}")
 
 

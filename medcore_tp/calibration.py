@@ -56,14 +56,19 @@ def synthetic_batch(n: int, size: int, seed: int = 0, low_size: int | None = Non
     return batch_from_pairs(synthetic_pairs(n=n, size=256, seed=seed), size, low_size)
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of BCE + soft Dice (squared denominator) on low-res logits (B, 1, h, w)."""
+def segmentation_losses(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-sample BCE + soft Dice (squared denominator) on low-res logits (B, 1, h, w): shape (B,)."""
     target = masks.to(logits.dtype).unsqueeze(1)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
     p = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
     dice = 1 - (2 * (p * t).sum(1) + 1e-5) / (p.pow(2).sum(1) + t.pow(2).sum(1) + 1e-5)
-    return (bce + dice).mean()
+    return bce + dice
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of :func:`segmentation_losses`."""
+    return segmentation_losses(logits, masks).mean()
 
 
 def train_with_frozen_norms(model: torch.nn.Module) -> None:

@@ -1,11 +1,19 @@
 """Fine-tuning a dense or pruned model after pruning, resumable.
 
-Encoder and mask decoder train, the prompt encoder is frozen. AdamW (lr 1e-4, weight decay 0.01),
-cosine schedule per step down to 0.01 x lr, gradient clipping at 1.0, AMP on CUDA, loss = BCE + soft
-Dice (squared denominator) on the low-res logits. Training boxes are widened by a random 0-5 px per
-side each time; validation boxes by a fixed 0-5 px per file. After every epoch the validation loss
-decides: the best weights are kept (``best.pth``), and training stops after ``patience`` epochs
-without improvement.
+Encoder and mask decoder train; the prompt encoder is frozen, and so is the decoder's IoU head, which
+the loss does not reach. AdamW (lr 1e-4, weight decay 0.01), cosine schedule per step down to
+0.01 x lr, gradient clipping at 1.0, AMP on CUDA, loss = BCE + soft Dice (squared denominator) on the
+low-res logits, averaged over the batch. Training boxes are widened by a random 0-5 px per side, drawn
+anew every epoch from (seed, epoch, file name); validation boxes by a fixed 0-5 px per file. After
+every epoch the validation loss decides: the best weights are kept (``best.pth``), and training stops
+after ``patience`` epochs without improvement.
+
+Distributed: under torchrun the model trains through DistributedDataParallel. ``batch_size`` is per
+process; every rank draws the same epoch order, takes its share of each global batch of
+``batch_size x processes`` images, and the loss is scaled so that the synchronised gradient is that of
+the global batch mean: N processes end with the same weights as one process with N x the batch size
+(up to float summation order). Validation images are sharded and the loss sums all-reduced; rank 0
+alone writes.
 
 Resumable: after every epoch the whole training state (weights, optimizer, scheduler, AMP scaler,
 random generators, epoch, best loss, curves) is written atomically to ``state.pth``; ``resume=True``
@@ -26,9 +34,10 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from medcore_tp.atomic import save_text, save_torch
-from medcore_tp.calibration import segmentation_loss, train_with_frozen_norms
+from medcore_tp.calibration import segmentation_losses, train_with_frozen_norms
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.data import SegmentationDataset, collate
+from medcore_tp.distributed import all_reduce_sum, barrier, data_parallel, is_main, my_share, rank, world_size
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits, logit_size
 
@@ -52,10 +61,24 @@ class FinetuneConfig:
     seed: int = 0
 
 
+FROZEN = ("prompt_encoder.", "mask_decoder.iou_prediction_head.")
+
+
 def _trainable(model: Sam) -> list[torch.nn.Parameter]:
-    for p in model.prompt_encoder.parameters():
-        p.requires_grad_(False)
-    return [p for n, p in model.named_parameters() if not n.startswith("prompt_encoder.")]
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith(FROZEN))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class _Logits(torch.nn.Module):
+    """Box-prompted logits as one ``forward``, so that DistributedDataParallel sees the whole step."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return forward_logits(self.sam, images, boxes)
 
 
 def _rng_state() -> dict:
@@ -72,18 +95,20 @@ def _set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def validation_loss(model: Sam, loader) -> float:
-    """Mean per-sample loss over a loader of :class:`SegmentationDataset` batches."""
+def validation_loss(model: Sam, dataset: SegmentationDataset, batch_size: int) -> float:
+    """Mean per-sample loss over ``dataset``; under torchrun each rank takes every N-th image."""
     model.eval()
-    total, n = 0.0, 0
     device = next(model.parameters()).device
+    mine = list(range(rank(), len(dataset), world_size()))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
+                                         collate_fn=collate)
+    sums = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
-        if not batch["index"]:
-            continue
         logits = forward_logits(model, batch["image"], batch["box"])
-        total += float(segmentation_loss(logits, batch["mask_low"].to(device))) * len(batch["index"])
-        n += len(batch["index"])
-    return total / max(n, 1)
+        sums += torch.tensor([float(segmentation_losses(logits, batch["mask_low"].to(device)).sum()), len(batch["index"])],
+                             dtype=torch.float64)
+    all_reduce_sum([sums])
+    return float(sums[0] / sums[1].clamp(min=1))
 
 
 def finetune(
@@ -111,7 +136,9 @@ def finetune(
     device = next(model.parameters()).device
     params = _trainable(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    world = world_size()
+    global_batch = cfg.batch_size * world
+    steps_per_epoch = math.ceil(len(train) / global_batch)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -120,11 +147,9 @@ def finetune(
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     low = logit_size(model)
-    train_set = SegmentationDataset(train, size, box_mode="random", box_jitter=cfg.box_jitter, seed=cfg.seed,
-                                    low_size=low)
     val_set = SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed,
                                   low_size=low)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=collate)
+    trained = data_parallel(_Logits(model))
 
     os.makedirs(out_dir, exist_ok=True)
     state_path = os.path.join(out_dir, STATE_FILE)
@@ -133,6 +158,9 @@ def finetune(
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state.get("base") != base or state.get("config") != vars(cfg):
             raise MedcoreError(f"--resume: {state_path} was written by a run with other settings; use a new --out")
+        if state.get("processes", 1) != world:
+            raise MedcoreError(f"--resume: {state_path} was written by {state.get('processes', 1)} process(es), "
+                               f"this run has {world}; the global batch would change")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -148,18 +176,19 @@ def finetune(
         if stale >= cfg.patience:
             break
         train_with_frozen_norms(model)  # small batches: keep batch-norm statistics as trained
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(train_set, order.tolist()), batch_size=cfg.batch_size, collate_fn=collate
-        )
-        running, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            if not batch["index"]:
-                continue
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        shares = [my_share(order[i : i + global_batch]) for i in range(0, len(order), global_batch)]
+        train_set = SegmentationDataset(train, size, box_mode="deterministic", box_jitter=cfg.box_jitter,
+                                        seed=cfg.seed * 1000 + epoch, low_size=low)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=[mine for mine, _ in shares], collate_fn=collate)
+        running = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
+        bar = tqdm(zip(loader, shares, strict=True), total=len(shares), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (progress and is_main()), leave=False)
+        for batch, (_, scale) in bar:
             with torch.autocast(device.type, enabled=use_amp):
-                logits = forward_logits(model, batch["image"], batch["box"])
-                loss = segmentation_loss(logits.float(), batch["mask_low"].to(device))
+                logits = trained(batch["image"], batch["box"])
+                per_sample = segmentation_losses(logits.float(), batch["mask_low"].to(device))
+                loss = per_sample.sum() * scale
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -167,21 +196,24 @@ def finetune(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            running += float(loss.detach()) * len(batch["index"])
-            seen += len(batch["index"])
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        val = validation_loss(model, val_loader)
+            if scale > 0:
+                running += torch.tensor([float(per_sample.detach().sum()), len(per_sample)], dtype=torch.float64)
+            bar.set_postfix(loss=f"{float(running[0] / running[1].clamp(min=1)):.4f}")
+        all_reduce_sum([running])
+        val = validation_loss(model, val_set, cfg.batch_size)
         improved = val < best
         best, stale = (val, 0) if improved else (best, stale + 1)
-        curves.append({"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_loss": val,
+        curves.append({"epoch": epoch + 1, "train_loss": float(running[0] / running[1].clamp(min=1)), "val_loss": val,
                        "lr": scheduler.get_last_lr()[0], "best": improved})
-        if improved:
-            save_pruned(model, os.path.join(out_dir, BEST_FILE), base=base)
-        save_torch({"base": base, "config": vars(cfg), "epoch": epoch + 1, "best": best, "stale": stale,
-                    "curves": curves, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state()},
-                   state_path)
-        save_text(_curves_csv(curves), os.path.join(out_dir, CURVES_FILE))
+        if is_main():
+            if improved:
+                save_pruned(model, os.path.join(out_dir, BEST_FILE), base=base)
+            save_torch({"base": base, "config": vars(cfg), "processes": world, "epoch": epoch + 1, "best": best,
+                        "stale": stale, "curves": curves, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": _rng_state()}, state_path)
+            save_text(_curves_csv(curves), os.path.join(out_dir, CURVES_FILE))
+        barrier()  # the state on disk is complete before any rank moves on (or resumes from it)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return {"epochs_run": len(curves), "best_val_loss": best, "curves": curves,

@@ -112,6 +112,7 @@ def run_prune(
     calib_size: int = 128,
     batch_size: int = 8,
     recover_steps: int = 100,
+    recover_batch_size: int = 1,
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] = print,
@@ -119,6 +120,7 @@ def run_prune(
     """Prune ``model`` in place by ``importance`` under the settled ratios; see the module docstring.
 
     ``arch`` is the bare architecture (e.g. a meta-device copy) the ratios are settled on.
+    ``recover_batch_size`` is per process (see :func:`medcore_tp.recovery.recover`).
     """
     ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
     batches, splits = None, None
@@ -160,8 +162,8 @@ def run_prune(
         if teacher is not None:
             pool = [b for bs in batches.values() for b in bs]
             curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
-                            progress=progress, description=f"recovery after {stage}")
-            recovery.append({"stage": stage, "steps": recover_steps, "loss": curve})
+                            progress=progress, description=f"recovery after {stage}", batch_size=recover_batch_size)
+            recovery.append({"stage": stage, "steps": recover_steps, "batch_size": recover_batch_size, "loss": curve})
             log(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
 
     plan = prune_by_budget(model, imp, budget, run_stage=run_stage)

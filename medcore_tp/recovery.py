@@ -1,6 +1,6 @@
 """Recovery after each cascade stage: a short, boundary-focused distillation of the encoder.
 
-Per step (batch 1, a sample drawn with replacement with probability proportional to
+Per step (a batch of samples, 1 by default, drawn with replacement with probability proportional to
 perimeter / (sqrt(area) + 1), the perimeter being the pixels of the 3x3 morphological gradient of the
 low-res mask), with z the low-res logits, Z the logits upsampled to the input size, m / M the masks at
 those sizes, e the image embedding and ``_t`` the teacher (a frozen copy of the model taken when the
@@ -12,7 +12,10 @@ cascade stage starts, before its groups are removed):
       + 2.0 mean(band(m) (z - z_t)^2)
       + 0.5 mean_{|f| > 0.25 cycles/px} |rFFT2(sigmoid(z)) - rFFT2(m)|
 
-Only the encoder trains (AdamW, lr 1e-5, weight decay 0).
+Each term is a mean over pixels (or embedding entries) of each sample, averaged over the batch.
+Only the encoder trains (AdamW, lr 1e-5, weight decay 0). Under torchrun the encoder trains through
+DistributedDataParallel: each step's global batch (``batch_size`` x processes samples) is drawn the
+same way on every rank and dealt out by rank, so N processes match one process with N x the batch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
+from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, rank, world_size
 from medcore_tp.fisher import boundary_band
 from medcore_tp.inference import decode_logits
 
@@ -58,9 +62,10 @@ def recovery_loss(
     up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
     m_up = F.interpolate(m_low, size=(size, size), mode="nearest")
     bce_map = F.binary_cross_entropy_with_logits(up, m_up, reduction="none")
-    p = torch.sigmoid(up)
-    dice = (2 * (p * m_up).sum() + 1e-5) / (p.sum() + m_up.sum() + 1e-5)
-    seg = 0.5 * bce_map.mean() + 0.5 * (1 - dice)
+    p = torch.sigmoid(up).flatten(1)
+    t = m_up.flatten(1)
+    dice = (2 * (p * t).sum(1) + 1e-5) / (p.sum(1) + t.sum(1) + 1e-5)  # per sample
+    seg = 0.5 * bce_map.mean() + 0.5 * (1 - dice).mean()
     band_up = boundary_band(m_up.squeeze(1) > 0.5).unsqueeze(1)
     boundary_bce = ((1 + 4 * band_up) * bce_map).mean()
     distil = F.mse_loss(embedding, teacher_embedding)
@@ -83,10 +88,12 @@ def recover(
     seed: int = 0,
     progress: bool = False,
     description: str = "recovery",
+    batch_size: int = 1,
 ) -> list[float]:
     """Train ``model``'s encoder towards ``teacher`` (frozen) in place; returns the per-step losses.
 
     ``teacher`` is the model as it was when the cascade stage started, before its groups were removed.
+    ``batch_size`` is per process; the returned losses are means over each step's global batch.
     """
     if steps <= 0:
         return []
@@ -95,7 +102,9 @@ def recover(
     masks = torch.cat([b.masks for b in pool])
     weights = sampling_weights(masks)
     gen = torch.Generator().manual_seed(seed)
-    order = torch.multinomial(weights, steps, replacement=True, generator=gen)
+    world = world_size()
+    draws = torch.multinomial(weights, steps * batch_size * world, replacement=True, generator=gen)
+    order = draws.view(steps, batch_size * world).tolist()
 
     teacher = teacher.eval().requires_grad_(False)
     encoder = model.image_encoder
@@ -107,25 +116,28 @@ def recover(
     device = next(encoder.parameters()).device
     was_training = model.training
     train_with_frozen_norms(model)
-    losses = []
+    trained = data_parallel(encoder)
+    losses = torch.zeros(steps, dtype=torch.float64)
     try:
-        for i in tqdm(order.tolist(), desc=description, disable=not progress, leave=False):
-            x, box, m = images[i : i + 1].to(device), boxes[i : i + 1].to(device), masks[i : i + 1].to(device)
+        for step, batch in enumerate(tqdm(order, desc=description, disable=not (progress and is_main()), leave=False)):
+            mine = batch[rank() :: world]  # equal shares: DDP's gradient average is the global batch mean
+            x, box, m = images[mine].to(device), boxes[mine].to(device), masks[mine].to(device)
             with torch.no_grad():
                 t_emb = teacher.image_encoder(x)
                 t_logits = decode_logits(teacher, t_emb, box)
-            emb = encoder(x)
+            emb = trained(x)
             logits = decode_logits(model, emb, box)
             loss, _ = recovery_loss(logits, t_logits, emb, t_emb, m, size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses[step] = float(loss.detach()) / world
     finally:
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
-    return losses
+    all_reduce_sum([losses])
+    return losses.tolist()
 
 
 @torch.no_grad()

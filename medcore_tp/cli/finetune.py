@@ -12,6 +12,7 @@ from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_device
 from medcore_tp.data import load_datasets, resolve_splits, select_split
+from medcore_tp.distributed import barrier, init_from_env, is_main, world_size
 from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
 
 
@@ -32,10 +33,18 @@ from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/finetune", show_default=True)
 def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, patience, device, seed, resume,
                  no_progress, out_dir) -> None:
-    """Train encoder and mask decoder (prompt encoder frozen); keeps the best validation checkpoint."""
-    dev = parse_device(device)
+    """Train encoder and mask decoder (prompt encoder frozen); keeps the best validation checkpoint.
+
+    Runs under ``torchrun --nproc_per_node N`` as well: --batch-size is per process.
+    """
+    dev = init_from_env(parse_device(device))
     datasets = load_datasets([r for r in data.split(",") if r])
-    doc = resolve_splits(datasets, splits or os.path.join(out_dir, "splits.json"))
+    splits_path = splits or os.path.join(out_dir, "splits.json")
+    if is_main():  # rank 0 creates the splits file if missing; the others then read it
+        doc = resolve_splits(datasets, splits_path)
+    barrier()
+    if not is_main():
+        doc = resolve_splits(datasets, splits_path)
     train = [s for v in select_split(datasets, doc, "train").values() for s in v]
     val = [s for v in select_split(datasets, doc, "val").values() for s in v]
     model, record = load_model(model_name, checkpoint)
@@ -44,8 +53,11 @@ def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, p
     torch.manual_seed(seed)
     result = finetune(model, train, val, out_dir, base=model_name, config=config, resume=resume,
                       progress=not no_progress)
+    if not is_main():
+        return
     save_json({"model": model_name, "checkpoint": checkpoint, "pruned": record is not None, "data": data,
-               "train_images": len(train), "val_images": len(val), "config": vars(config), **result},
+               "train_images": len(train), "val_images": len(val), "config": vars(config),
+               "processes": world_size(), **result},
               os.path.join(out_dir, "finetune.json"))
     for c in result["curves"]:
         click.echo(f"epoch {c['epoch']:3d}  train {c['train_loss']:.4f}  val {c['val_loss']:.4f}" + ("  *" if c["best"] else ""))

@@ -56,6 +56,8 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None,
               help="Recovery steps after removing heads and after removing MLP channels, 0 to skip "
                    "[default: 100; 0 without --data].")
+@click.option("--recover-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Recovery images per step and process (under torchrun the step's batch is this x processes).")
 @click.option("--report/--no-report", default=None,
               help="Measure latency and Dice/BF1/HD95 before and after [default: on without --data, "
                    "on the built-in synthetic set; with --data on the test split].")
@@ -65,8 +67,8 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/prune", show_default=True,
               help="Output folder.")
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, ratio, importance,
-          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, report, device,
-          seed, no_progress, out_dir) -> None:
+          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_batch_size,
+          report, device, seed, no_progress, out_dir) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
@@ -91,8 +93,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
     arch = build_model(model_name, device="meta")
     settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)  # bad ratios fail before any work
-    dev = parse_device(device)
-    init_from_env(dev)
+    dev = init_from_env(parse_device(device))
     roots = [r for r in (data or "").split(",") if r]
     if weights is not None and len(weights) != max(len(roots), 1):
         raise MedcoreError(f"--data-weights {data_weights}: {len(weights)} weights for {len(roots)} data folders")
@@ -114,7 +115,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     run = run_prune(
         model, arch, importance, ratio, heads_ratio, mlp_ratio, protect, roots=roots, source=source,
         data_weights=weights, alpha=alpha_value, calib_size=calib_size, batch_size=batch_size,
-        recover_steps=recover_steps, seed=seed, progress=not no_progress, log=click.echo,
+        recover_steps=recover_steps, recover_batch_size=recover_batch_size, seed=seed, progress=not no_progress,
+        log=click.echo if is_main() else _quiet,
     )
     after = profile_model(model)
     extra = dict(run.extra)
@@ -147,6 +149,10 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     if report:
         _report_quality(extra["report"])
     click.echo(f"wrote {', '.join(written)} to {out_dir}")
+
+
+def _quiet(_: str) -> None:
+    """Log for ranks other than 0 under torchrun: they say nothing."""
 
 
 def _parse_alpha(alpha: str) -> str | float:
