@@ -18,9 +18,9 @@ from medcore_tp.data import (
     SegmentationDataset,
     box_from_mask,
     calibration_subset,
+    fit_mask,
     load_datasets,
     make_splits,
-    mask_to_size,
     preprocess_image,
     select_split,
 )
@@ -39,15 +39,17 @@ class CalibrationBatch:
 
 
 def batch_from_pairs(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int, low_size: int | None = None
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int, low_size: int | None = None,
+    resize_mode: str = "square",
 ) -> CalibrationBatch:
     """Preprocess (image, mask) pairs for a model with input side ``size`` (tight boxes); masks at
-    the logit side ``low_size`` (default ``size // 4``, SAM's ViT; see ``inference.logit_size``)."""
+    the logit side ``low_size`` (default ``size // 4``, SAM's ViT; see ``inference.logit_size``);
+    ``resize_mode`` as ``inference.resize_mode`` of the model."""
     images, boxes, masks = [], [], []
     for image, mask in pairs:
-        images.append(torch.from_numpy(preprocess_image(image, size)))
-        boxes.append(torch.from_numpy(box_from_mask(mask_to_size(mask, size))))
-        masks.append(torch.from_numpy(mask_to_size(mask, low_size or size // 4)))
+        images.append(torch.from_numpy(preprocess_image(image, size, mode=resize_mode)))
+        boxes.append(torch.from_numpy(box_from_mask(fit_mask(mask, size, resize_mode))))
+        masks.append(torch.from_numpy(fit_mask(mask, low_size or size // 4, resize_mode)))
     return CalibrationBatch(torch.stack(images), torch.stack(boxes).float(), torch.stack(masks))
 
 
@@ -113,10 +115,10 @@ def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_
 
 
 def batches_from_samples(
-    samples: Sequence, size: int, batch_size: int = 8, low_size: int | None = None
+    samples: Sequence, size: int, batch_size: int = 8, low_size: int | None = None, resize_mode: str = "square"
 ) -> list[CalibrationBatch]:
     """Calibration batches (tight boxes) from dataset samples, for input side ``size``."""
-    dataset = SegmentationDataset(samples, size, box_mode="tight", low_size=low_size)
+    dataset = SegmentationDataset(samples, size, box_mode="tight", low_size=low_size, resize_mode=resize_mode)
     out = []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -141,9 +143,11 @@ class CalibrationSets:
 
 
 def calibration_sets(
-    roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8, low_size: int | None = None
+    roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8, low_size: int | None = None,
+    resize_mode: str = "square",
 ) -> CalibrationSets:
-    """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder."""
+    """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder, for a
+    model with input side ``size``, logit side ``low_size`` and ``resize_mode`` (see ``inference``)."""
     datasets = load_datasets(roots)
     splits = make_splits(datasets, seed)
     train = select_split(datasets, splits, "train")
@@ -152,6 +156,6 @@ def calibration_sets(
         chosen = calibration_subset(samples, calib_size)
         if not chosen:
             raise MedcoreError(f"--data {name}: its training split is empty ({len(datasets[name])} images)")
-        batches[name] = batches_from_samples(chosen, size, batch_size, low_size)
+        batches[name] = batches_from_samples(chosen, size, batch_size, low_size, resize_mode)
         used[name] = len(chosen)
     return CalibrationSets(batches=batches, splits=splits, requested=calib_size, used=used)

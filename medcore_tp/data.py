@@ -1,10 +1,16 @@
-"""Segmentation datasets: image/mask folders, MedSAM preprocessing, box prompts and splits.
+"""Segmentation datasets: image/mask folders, per-model preprocessing, box prompts and splits.
 
 A dataset is a folder ``root/images`` + ``root/masks`` whose files pair up by stem (``a.tif`` with
-``a.gif``). Preprocessing follows METHOD.md ("Data and prompts"): image -> 3 channels -> resized to
-the model's input size (bicubic, anti-aliased, aspect not kept) -> min-max to [0, 1]; mask
-binarised, nearest-neighbour to input/4 (the decoder's low-res size) and to the input size; box
-from the mask's bounding box in the input frame.
+``a.gif``). Preprocessing follows METHOD.md ("Data and prompts"): image -> 3 channels -> resized into
+the model's S x S input (bicubic, anti-aliased) -> min-max to [0, 1]; mask binarised and
+nearest-neighbour resized the same way, at the input size and at the decoder's low-res size; box from
+the mask's bounding box in the input frame. Two ways to fit an image into the square (``RESIZE_MODES``):
+
+- ``square``: stretched to S x S, aspect not kept (MedSAM's preprocessing, used for the SAM ViT models);
+- ``longest-side``: the longest side becomes S, aspect kept, the rest zero-padded at the bottom and
+  right (SAM's ``ResizeLongestSide`` and LiteMedSAM's recipe). Min-max normalisation comes before the
+  padding. Predictions are cropped to the part the image fills before going back to its original size
+  (:func:`fitted_size` tells which part).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from medcore_tp.errors import MedcoreError
 __all__ = [
     "BOX_MODES",
     "IMAGE_EXTENSIONS",
+    "RESIZE_MODES",
     "SPLIT_NAMES",
     "Sample",
     "SegmentationDataset",
@@ -37,6 +44,8 @@ __all__ = [
     "collate",
     "discover",
     "file_rng",
+    "fit_mask",
+    "fitted_size",
     "load_datasets",
     "load_pair",
     "make_splits",
@@ -53,6 +62,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 SPLIT_NAMES = ("train", "val", "test")
+RESIZE_MODES = ("square", "longest-side")
 BOX_MODES = ("tight", "random", "deterministic")
 SPLITS_FORMAT = "medcore-tp splits"
 
@@ -222,8 +232,22 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 # Preprocessing
 
 
-def resize_image(image: np.ndarray, size: int, method: str = "torch") -> np.ndarray:
-    """Resize an (H, W, 3) image to (size, size), bicubic and anti-aliased, aspect not kept.
+def fitted_size(height: int, width: int, size: int, mode: str = "square") -> tuple[int, int]:
+    """(h, w) of the part of the S x S input that an (H, W) image fills, top-left aligned.
+
+    ``square``: (S, S). ``longest-side``: the longest side becomes S and the other
+    ``int(side * S / longest + 0.5)`` (SAM's ``ResizeLongestSide`` rounding), at least 1.
+    """
+    if mode == "square":
+        return size, size
+    if mode != "longest-side":
+        raise MedcoreError(f"--resize-mode {mode}: must be one of {', '.join(RESIZE_MODES)}")
+    scale = size / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_image(image: np.ndarray, size: int | tuple[int, int], method: str = "torch") -> np.ndarray:
+    """Resize an (H, W, 3) image to ``size`` (S for S x S, or (h, w)), bicubic and anti-aliased.
 
     ``method="torch"`` uses ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)``
     (Keys cubic kernel widened when shrinking, like PIL); ``"skimage"`` uses
@@ -231,31 +255,43 @@ def resize_image(image: np.ndarray, size: int, method: str = "torch") -> np.ndar
     authors' preprocessing does, about 100-200x slower. Both results are clipped to the input's
     range, as skimage does by default.
     """
+    h, w = (size, size) if isinstance(size, int) else size
     if method == "skimage":
         from skimage.transform import resize
 
-        out = resize(image, (size, size, image.shape[2]), order=3, mode="constant",
+        out = resize(image, (h, w, image.shape[2]), order=3, mode="constant",
                      preserve_range=True, anti_aliasing=True)
         return out.astype(np.float32)
     if method != "torch":
         raise ValueError(f"unknown resize method {method!r} (torch or skimage)")
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-    if tensor.shape[-2:] != (size, size):
-        tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bicubic",
+    if tensor.shape[-2:] != (h, w):
+        tensor = torch.nn.functional.interpolate(tensor, size=(h, w), mode="bicubic",
                                                  antialias=True, align_corners=False)
         tensor = tensor.clamp(float(image.min()), float(image.max()))
     return tensor[0].permute(1, 2, 0).numpy()
 
 
-def preprocess_image(image: np.ndarray, size: int, method: str = "torch") -> np.ndarray:
-    """MedSAM preprocessing: resize to (size, size) then min-max to [0, 1]; returns (3, S, S) float32.
+def preprocess_image(image: np.ndarray, size: int, method: str = "torch", mode: str = "square") -> np.ndarray:
+    """Fit an (H, W, 3) image into the S x S input (``mode``, see the module docstring), min-max to
+    [0, 1], zero-pad; returns (3, S, S) float32.
 
     A constant image becomes all zeros (the range is floored at 1e-8 as in MedSAM).
     """
-    resized = resize_image(image, size, method)
+    h, w = fitted_size(image.shape[0], image.shape[1], size, mode)
+    resized = resize_image(image, (h, w), method)
     low, high = float(resized.min()), float(resized.max())
-    normalised = (resized - low) / max(high - low, 1e-8)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+    out = np.zeros((3, size, size), dtype=np.float32)
+    out[:, :h, :w] = ((resized - low) / max(high - low, 1e-8)).transpose(2, 0, 1)
+    return out
+
+
+def fit_mask(mask: np.ndarray, size: int, mode: str = "square") -> np.ndarray:
+    """A 2-D bool mask fitted into S x S like its image (nearest neighbour, False padding)."""
+    h, w = fitted_size(mask.shape[0], mask.shape[1], size, mode)
+    out = np.zeros((size, size), dtype=bool)
+    out[:h, :w] = mask_to_size(mask, h, w)
+    return out
 
 
 def mask_to_size(mask: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
@@ -425,7 +461,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     Each item is a dict: ``index``; ``image`` (3, S, S) float32 in [0, 1]; ``box`` (4,) float32
     ``[x0, y0, x1, y1]`` in the input frame; ``mask`` (S, S) bool; ``mask_low`` at the model's logit
     size (``low_size``, default S/4 as for SAM's ViT; LiteMedSAM's logits are S x S) bool;
-    ``mask_original`` (H, W) bool numpy array; ``original_size`` (H, W).
+    ``mask_original`` (H, W) bool numpy array; ``original_size`` (H, W); ``fitted_size`` (h, w), the
+    part of the input the image fills (``resize_mode``: ``square`` or ``longest-side``).
     ``box_mode``: ``tight`` (no widening), ``random`` (each side widened by 0..box_jitter px, new
     draw every time; reproducible under ``torch.manual_seed``), ``deterministic`` (the same draw
     for a file every time, from ``seed`` and the file name). With ``skip_bad`` an unreadable or
@@ -434,7 +471,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], input_size: int, box_mode: str = "deterministic",
                  box_jitter: int = 5, seed: int = 42, skip_bad: bool = False, resize: str = "torch",
-                 low_size: int | None = None) -> None:
+                 low_size: int | None = None, resize_mode: str = "square") -> None:
         if box_mode not in BOX_MODES:
             raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
         if box_jitter < 0:
@@ -447,11 +484,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.skip_bad = skip_bad
         self.resize = resize
+        fitted_size(1, 1, 1, resize_mode)  # a bad mode fails here, not in a worker
+        self.resize_mode = resize_mode
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _box(self, sample: Sample, mask: np.ndarray) -> np.ndarray:
+    def _box(self, sample: Sample, mask: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
         box = box_from_mask(mask)
         if self.box_mode == "tight" or self.box_jitter == 0:
             return box
@@ -459,7 +498,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             rng = file_rng(self.seed, sample.name)
         else:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        return widen_box(box, self.box_jitter, rng, *mask.shape)
+        return widen_box(box, self.box_jitter, rng, *fitted)  # never into the padding
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
@@ -469,16 +508,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return {"index": index, "error": str(exc)}
-        size = self.input_size
-        mask_input = mask_to_size(mask, size)
+        size, mode = self.input_size, self.resize_mode
+        mask_input = fit_mask(mask, size, mode)
+        fitted = fitted_size(mask.shape[0], mask.shape[1], size, mode)
         return {
             "index": index,
-            "image": torch.from_numpy(preprocess_image(image, size, self.resize)),
-            "box": torch.from_numpy(self._box(sample, mask_input)),
+            "image": torch.from_numpy(preprocess_image(image, size, self.resize, mode)),
+            "box": torch.from_numpy(self._box(sample, mask_input, fitted)),
             "mask": torch.from_numpy(mask_input),
-            "mask_low": torch.from_numpy(mask_to_size(mask, self.low_size)),
+            "mask_low": torch.from_numpy(fit_mask(mask, self.low_size, mode)),
             "mask_original": mask,
             "original_size": mask.shape,
+            "fitted_size": fitted,
         }
 
 
@@ -493,4 +534,5 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             batch[key] = torch.stack([item[key] for item in good])
         batch["mask_original"] = [item["mask_original"] for item in good]
         batch["original_size"] = [tuple(item["original_size"]) for item in good]
+        batch["fitted_size"] = [tuple(item["fitted_size"]) for item in good]
     return batch

@@ -34,7 +34,14 @@ from medcore_tp.data import (
     select_split,
 )
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import input_size, logits_to_masks, predict_logits, upsample_logits
+from medcore_tp.inference import (
+    input_size,
+    logits_to_masks,
+    logits_to_original,
+    predict_logits,
+    resize_mode,
+    upsample_logits,
+)
 from medcore_tp.metrics import METRIC_NAMES, all_metrics
 
 __all__ = ["CSV_COLUMNS", "EvalResult", "evaluate", "summarise"]
@@ -126,6 +133,7 @@ def evaluate(
     resolution: str = "input",
     tolerance: int = 2,
     resize: str = "torch",
+    mode: str | None = None,
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
     metric_threads: int | None = None,
@@ -139,6 +147,9 @@ def evaluate(
     them in the summary; without it the first one stops the run with a :class:`MedcoreError`.
     Metrics are computed in ``metric_threads`` threads (default: half the CPU cores, at most 8;
     SciPy and NumPy release the GIL, so they scale) while the next batch runs through the model.
+    ``mode`` fits images into the input (``square`` or ``longest-side``; default: the model's own,
+    :func:`medcore_tp.inference.resize_mode`); at ``resolution="input"`` only the part the image fills
+    is scored.
     """
     if resolution not in RESOLUTIONS:
         raise MedcoreError(f"--resolution must be one of {', '.join(RESOLUTIONS)}, got '{resolution}'")
@@ -151,15 +162,15 @@ def evaluate(
     chosen, used_splits = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed)
     samples = [s for group in chosen.values() for s in group]
 
-    size = input_size(model)
+    size, mode = input_size(model), mode or resize_mode(model)
     dataset = SegmentationDataset(samples, size, box_mode="deterministic", box_jitter=box_jitter,
-                                  seed=seed, skip_bad=skip_bad, resize=resize)
+                                  seed=seed, skip_bad=skip_bad, resize=resize, resize_mode=mode)
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
-    pending: list[tuple[list[int], np.ndarray, list[tuple[int, int]], Future]] = []
+    pending: list[tuple[list[int], np.ndarray, list[tuple[int, int]], list[tuple[int, int]], Future]] = []
     skipped: list[dict[str, str]] = []
     bar = tqdm(total=len(samples), unit="img", desc="evaluate", disable=not progress, dynamic_ncols=True)
     try:
@@ -172,19 +183,22 @@ def evaluate(
                 if batch["index"]:
                     logits = upsample_logits(predict_logits(model, batch["image"], batch["box"]), (size, size))
                     if resolution == "input":
-                        preds = list(logits_to_masks(logits).cpu().numpy())
-                        gts = list(batch["mask"].numpy())
+                        fits = batch["fitted_size"]
+                        preds = [m[:h, :w] for m, (h, w) in zip(logits_to_masks(logits).cpu().numpy(), fits, strict=True)]
+                        gts = [m[:h, :w] for m, (h, w) in zip(batch["mask"].numpy(), fits, strict=True)]
                     else:
-                        preds = [logits_to_masks(upsample_logits(logits[i : i + 1], shape))[0].cpu().numpy()
-                                 for i, shape in enumerate(batch["original_size"])]
+                        preds = [logits_to_masks(logits_to_original(logits[i : i + 1], fit, shape))[0].cpu().numpy()
+                                 for i, (fit, shape) in enumerate(zip(batch["fitted_size"], batch["original_size"],
+                                                                      strict=True))]
                         gts = batch["mask_original"]
                     job = pool.submit(lambda p, g: [_score(a, b, tolerance) for a, b in zip(p, g, strict=True)], preds, gts)
-                    pending.append((batch["index"], batch["box"].numpy(), batch["original_size"], job))
+                    pending.append((batch["index"], batch["box"].numpy(), batch["original_size"], batch["fitted_size"],
+                                    job))
                 bar.update(len(batch["index"]) + len(batch["errors"]))
             rows = []
-            for indices, boxes, shapes, job in pending:
-                for index, box, shape, scores in zip(indices, boxes, shapes, job.result(), strict=True):
-                    eval_shape = (size, size) if resolution == "input" else shape
+            for indices, boxes, shapes, fits, job in pending:
+                for index, box, shape, fit, scores in zip(indices, boxes, shapes, fits, job.result(), strict=True):
+                    eval_shape = fit if resolution == "input" else shape
                     rows.append(_row(samples[index], box, shape, eval_shape, scores))
     finally:
         bar.close()
@@ -203,7 +217,7 @@ def evaluate(
             "data": [str(d) for d in data_dirs], "split": split,
             "splits_file": str(used_splits) if used_splits else None,
             "box_mode": "deterministic" if box_jitter else "tight", "box_jitter": box_jitter, "seed": seed,
-            "resolution": resolution, "tolerance_px": tolerance, "resize": resize,
+            "resolution": resolution, "tolerance_px": tolerance, "resize": resize, "resize_mode": mode,
             "batch_size": batch_size, "device": str(device),
         },
         "datasets": per_dataset,

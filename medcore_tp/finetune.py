@@ -39,7 +39,7 @@ from medcore_tp.checkpoint import save_pruned
 from medcore_tp.data import SegmentationDataset, collate
 from medcore_tp.distributed import all_reduce_sum, barrier, data_parallel, is_main, my_share, rank, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import forward_logits, logit_size
+from medcore_tp.inference import forward_logits, logit_size, resize_mode
 
 STATE_FILE = "state.pth"
 BEST_FILE = "best.pth"
@@ -146,9 +146,9 @@ def finetune(
     )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    low = logit_size(model)
+    low, mode = logit_size(model), resize_mode(model)
     val_set = SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed,
-                                  low_size=low)
+                                  low_size=low, resize_mode=mode)
     trained = data_parallel(_Logits(model))
 
     os.makedirs(out_dir, exist_ok=True)
@@ -179,7 +179,7 @@ def finetune(
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         shares = [my_share(order[i : i + global_batch]) for i in range(0, len(order), global_batch)]
         train_set = SegmentationDataset(train, size, box_mode="deterministic", box_jitter=cfg.box_jitter,
-                                        seed=cfg.seed * 1000 + epoch, low_size=low)
+                                        seed=cfg.seed * 1000 + epoch, low_size=low, resize_mode=mode)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=[mine for mine, _ in shares], collate_fn=collate)
         running = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
         bar = tqdm(zip(loader, shares, strict=True), total=len(shares), desc=f"epoch {epoch + 1}/{cfg.epochs}",

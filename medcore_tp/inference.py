@@ -2,8 +2,10 @@
 
 The preprocessed image (3, S, S) in [0, 1] goes straight into the image encoder (no pixel
 mean/std, as MedSAM does), the box through the prompt encoder, and the mask decoder returns one
-low-res logit map (S/4 x S/4). Logits are upsampled bilinearly to S x S and, when asked, from there
-to the original image size; ``sigmoid > 0.5`` gives the mask.
+low-res logit map (S/4 x S/4). Logits are upsampled bilinearly to S x S and, when asked, cropped to the
+part the image fills (``longest-side`` models such as LiteMedSAM pad the rest) and resized to the
+original image size; ``sigmoid > 0.5`` gives the mask. How an image fits into the input is the
+model's :func:`resize_mode`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from medcore_tp.data import preprocess_image
+from medcore_tp.data import fitted_size, preprocess_image
 
 __all__ = [
-    "forward_logits", "input_size", "logit_size", "logits_to_masks", "predict_logits", "segment", "upsample_logits",
+    "forward_logits", "input_size", "logit_size", "logits_to_masks", "logits_to_original", "predict_logits",
+    "resize_mode", "segment", "upsample_logits",
 ]
 
 
@@ -31,6 +34,12 @@ def logit_size(model: Sam) -> int:
     """Side of the decoder's low-res logits: 4 x the image-embedding side (256 for ViT-B at 1024,
     i.e. input / 4; 256 for LiteMedSAM at 256, i.e. the input size itself)."""
     return 4 * int(model.prompt_encoder.image_embedding_size[0])
+
+
+def resize_mode(model: Sam) -> str:
+    """How images fit into the model's input: ``square`` (MedSAM, the SAM ViT models) or
+    ``longest-side`` (LiteMedSAM); set by the model builders, ``square`` for models built elsewhere."""
+    return getattr(model, "medcore_resize_mode", "square")
 
 
 def _device(model: Sam) -> torch.device:
@@ -85,6 +94,13 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def logits_to_original(logits: torch.Tensor, fitted: tuple[int, int], original: tuple[int, int]) -> torch.Tensor:
+    """Input-frame logits (B, 1, S, S) -> (B, 1, H, W): crop the (h, w) part the image fills
+    (``fitted``, see ``data.fitted_size``) and resize it bilinearly to ``original`` = (H, W)."""
+    h, w = fitted
+    return upsample_logits(logits[..., :h, :w], original)
+
+
 def logits_to_masks(logits: torch.Tensor) -> torch.Tensor:
     """``sigmoid(logits) > 0.5`` as a bool tensor, channel dimension dropped: (B, 1, H, W) -> (B, H, W)."""
     return (torch.sigmoid(logits) > 0.5)[:, 0]
@@ -99,23 +115,27 @@ def segment(
 ) -> list[np.ndarray]:
     """Masks at each image's original size for (H, W, 3) images and boxes in original pixels.
 
-    Each box ``[x0, y0, x1, y1]`` is scaled into the S x S input frame; logits are upsampled to
-    S x S and then to (H, W). Runs on the model's device (CPU or CUDA), ``batch_size`` images at a
-    time. Returns one (H, W) bool array per image.
+    Images are fitted into the S x S input as the model expects (:func:`resize_mode`) and each box
+    ``[x0, y0, x1, y1]`` is scaled with them; logits are upsampled to S x S, cropped to the image part
+    and resized to (H, W). Runs on the model's device (CPU or CUDA), ``batch_size`` images at a time.
+    Returns one (H, W) bool array per image.
     """
     if len(images) != len(boxes):
         raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
-    size = input_size(model)
+    size, mode = input_size(model), resize_mode(model)
     masks: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([preprocess_image(np.asarray(im, dtype=np.float32), size, resize) for im in chunk]))
-        scaled = []
+        batch = torch.from_numpy(np.stack([preprocess_image(np.asarray(im, dtype=np.float32), size, resize, mode)
+                                           for im in chunk]))
+        scaled, fits = [], []
         for im, box in zip(chunk, boxes[start : start + batch_size], strict=True):
             h, w = im.shape[:2]
-            scaled.append(np.asarray(box, dtype=np.float32) * np.array([size / w, size / h, size / w, size / h], dtype=np.float32))
+            fh, fw = fitted_size(h, w, size, mode)
+            fits.append((fh, fw))
+            scaled.append(np.asarray(box, dtype=np.float32) * np.array([fw / w, fh / h, fw / w, fh / h], dtype=np.float32))
         logits = upsample_logits(predict_logits(model, batch, torch.from_numpy(np.stack(scaled))), (size, size))
         for i, im in enumerate(chunk):
-            full = upsample_logits(logits[i : i + 1], im.shape[:2])
+            full = logits_to_original(logits[i : i + 1], fits[i], im.shape[:2])
             masks.append(logits_to_masks(full)[0].cpu().numpy())
     return masks

