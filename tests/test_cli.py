@@ -85,7 +85,12 @@ def test_bad_checkpoints_give_one_line(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00garbage")
     res = run("info", "--model", "tiny", "--checkpoint", bad)
-    assert "bad.pth: not a readable torch checkpoint" in _error(res)
+    assert "bad.pth: not a torch checkpoint (it starts with b'\\x00gar'" in _error(res)
+    bad.write_bytes(b"PK\x03\x04truncated zip")
+    res = run("info", "--model", "tiny", "--checkpoint", bad)
+    assert "bad.pth: not a readable torch checkpoint, damaged or truncated?" in _error(res)
+    bad.write_bytes(b"")
+    assert "bad.pth: the file is empty" in _error(run("info", "--model", "tiny", "--checkpoint", bad))
     res = run("info", "--model", "tiny", "--checkpoint", tmp_path / "missing.pth")
     assert "missing.pth: file not found" in _error(res)
     wrong = tmp_path / "wrong.pth"

@@ -61,7 +61,7 @@ def test_missing_file(tmp_path):
 def test_not_a_torch_checkpoint(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("this is text, not a checkpoint")
-    with pytest.raises(MedcoreError, match=r"notes\.pth: not a readable torch checkpoint"):
+    with pytest.raises(MedcoreError, match=r"notes\.pth: not a torch checkpoint \(it starts with b'this'"):
         build_model("tiny", path)
 
 

@@ -20,11 +20,19 @@ def read_checkpoint(path: str | os.PathLike) -> object:
         raise MedcoreError(f"checkpoint {path}: file not found")
     if os.path.isdir(path):
         raise MedcoreError(f"checkpoint {path}: is a directory, expected a .pth file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise MedcoreError(f"checkpoint {path}: the file is empty")
+    # torch.save writes a zip archive (PK); files from torch < 1.6 are a bare pickle (0x80 + protocol)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise MedcoreError(f"checkpoint {path}: not a torch checkpoint (it starts with {head!r}, neither a "
+                           "torch.save zip archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or truncated files
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise MedcoreError(f"checkpoint {path}: not a readable torch checkpoint ({reason})") from None
+        raise MedcoreError(f"checkpoint {path}: not a readable torch checkpoint, damaged or truncated? ({reason})") from None
 
 
 def is_pruned_checkpoint(obj: object) -> bool:
