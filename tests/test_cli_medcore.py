@@ -164,6 +164,7 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     # TinyViT's stages have groups of different sizes: the sensitivity-weighted allocation still lands on R
     assert abs(summary["encoder_params_removed_fraction"] - 0.05) <= 0.005
+    assert [len(r["loss"]) for r in summary["recovery"]] == [20, 20]  # the built-in default recovers briefly
     rep = summary["report"]
     for when in ("before", "after"):
         assert rep[when]["images"] == 8 and rep[when]["latency_s"] > 0

@@ -55,7 +55,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration batch size.")
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None,
               help="Recovery steps after removing heads and after removing MLP channels, 0 to skip "
-                   "[default: 100; 0 without --data].")
+                   "[default: 100; 20 without --data].")
 @click.option("--recover-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Recovery images per step and process (under torchrun the step's batch is this x processes).")
 @click.option("--report/--no-report", default=None,
@@ -78,9 +78,9 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         checkpoint = PACKAGED
     if (checkpoint is None) == (not random_init):
         raise click.UsageError("give either --checkpoint PATH or --random-init (pruning random weights must be asked for)")
-    quick = not data  # the built-in default: small calibration, no recovery, a report
+    quick = not data  # the built-in default: small calibration, short recovery, a report
     calib_size = calib_size if calib_size is not None else (8 if quick else 128)
-    recover_steps = recover_steps if recover_steps is not None else (0 if quick else 100)
+    recover_steps = recover_steps if recover_steps is not None else (QUICK_RECOVER_STEPS if quick else 100)
     report = quick if report is None else report
     alpha_value = _parse_alpha(alpha)
     weights = _float_list("--data-weights", data_weights)
@@ -149,6 +149,9 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     if report:
         _report_quality(extra["report"])
     click.echo(f"wrote {', '.join(written)} to {out_dir}")
+
+
+QUICK_RECOVER_STEPS = 20  # without recovery the built-in 60% run falls from Dice 0.87 to 0.03; with 20: 0.67
 
 
 def _quiet(_: str) -> None:
