@@ -65,14 +65,14 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
 def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` wrapped in DistributedDataParallel under a process group, else ``module`` itself.
 
-    Buffers are not broadcast: batch-norm layers stay in eval mode during training here, so every
+    Buffers are not synchronised at each forward: batch-norm layers stay in eval mode during training here, so every
     rank's buffers are equal already.
     """
     if world_size() == 1:
         return module
     device = next(module.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
 
 def my_share(global_batch: Sequence[int]) -> tuple[list[int], float]:
