@@ -1,6 +1,6 @@
 """Packaged LiteMedSAM pruned by 30% with medcore, taylor and random importance, evaluated on real polyps.
 
-For each importance, without recovery and with ``--recover-steps`` (default 100) per cascade stage:
+For each importance, without recovery and with ``--recover-steps`` (default 50) per cascade stage:
 ``medcore-tp prune --model lite-medsam --data kvasir-seg-256,cvc-clinicdb-256 --ratio 0.3
 --calib-size 16`` then ``medcore-tp evaluate`` on the test split of the same seeded split (calibration
 and recovery images come from the training split); plus the dense model. Prints a table and writes
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     parser.add_argument("--work", default="out/lite-importances")
     parser.add_argument("--ratio", default="0.3")
-    parser.add_argument("--recover-steps", default="100")
+    parser.add_argument("--recover-steps", default="50")
     args = parser.parse_args()
     data = ",".join(os.path.join(args.data_root, n) for n in ("kvasir-seg-256", "cvc-clinicdb-256"))
     rows = {}
