@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from medcore_tp import build_model, load_pruned
 from medcore_tp.cli import main
 from medcore_tp.data import discover
+from medcore_tp.errors import MedcoreError
 from medcore_tp.finetune import FinetuneConfig, finetune
 from medcore_tp.synthetic import write_synthetic_dataset
 
@@ -61,3 +63,16 @@ def test_cli_finetune_on_a_pruned_checkpoint(tmp_path):
     best = load_pruned(tmp_path / "f" / "best.pth")
     pruned = load_pruned(tmp_path / "p" / "pruned.pth")
     assert [b.attn.num_heads for b in best.image_encoder.blocks] == [b.attn.num_heads for b in pruned.image_encoder.blocks]
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path):
+    train, val = _samples(tmp_path)
+    cfg = FinetuneConfig(epochs=2, batch_size=2, seed=1)
+    model = build_model("tiny")
+    finetune(model, train, val, str(tmp_path / "r"), "tiny", cfg, progress=False, stop_after_epoch=1)
+    state_path = tmp_path / "r" / "state.pth"
+    state = torch.load(state_path, weights_only=False)
+    state["processes"] = 2  # as if written under torchrun --nproc_per_node 2
+    torch.save(state, state_path)
+    with pytest.raises(MedcoreError, match=r"state\.pth was written by 2 process\(es\), this run has 1"):
+        finetune(build_model("tiny"), train, val, str(tmp_path / "r"), "tiny", cfg, resume=True, progress=False)
