@@ -158,14 +158,22 @@ def test_cascade_with_recovery_records_loss_curves(tmp_path, checkpoints):
 
 def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
     res = run("prune", "--model", "lite-tiny", "--random-init", "--ratio", 0.05, "--calib-size", 2,
-              "--no-progress", "--out", tmp_path / "o")
+              "--recover-steps", 2, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "measured on built-in SYNTHETIC set (8 images" in res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     # TinyViT's stages have groups of different sizes: the sensitivity-weighted allocation still lands on R
     assert abs(summary["encoder_params_removed_fraction"] - 0.05) <= 0.005
-    assert [len(r["loss"]) for r in summary["recovery"]] == [20, 20]  # the built-in default recovers briefly
+    assert [len(r["loss"]) for r in summary["recovery"]] == [2, 2]
     rep = summary["report"]
     for when in ("before", "after"):
         assert rep[when]["images"] == 8 and rep[when]["latency_s"] > 0
         assert 0 <= rep[when]["dice"] <= 1 and 0 <= rep[when]["boundary_f1"] <= 1 and rep[when]["hd95"] >= 0
+
+
+def test_without_data_the_default_recovers_20_steps_per_stage(tmp_path):
+    res = run("prune", "--model", "tiny", "--random-init", "--ratio", 0.3, "--calib-size", 2, "--no-report",
+              "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [(r["stage"], len(r["loss"])) for r in summary["recovery"]] == [("heads", 20), ("mlp", 20)]
