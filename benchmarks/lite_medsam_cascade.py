@@ -18,32 +18,16 @@ Usage: ``python benchmarks/lite_medsam_cascade.py [--data-root ../shared/data] [
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _cli import macro, polyp_data, read_json, run_cli  # noqa: E402
 from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
 
 METRICS = ("dice", "iou", "boundary_f1", "hd95", "nsd")
-
-
-def _cli(done: str, *args: str) -> float:
-    """Run one CLI step unless ``done`` exists already; returns its wall time (0 when reused)."""
-    if os.path.exists(done):
-        return 0.0
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-def _macro(eval_dir: str) -> dict:
-    with open(os.path.join(eval_dir, "summary.json")) as f:
-        return json.load(f)["macro"]
 
 
 def _plot(rows: dict, path: str) -> None:
@@ -75,29 +59,27 @@ def main() -> None:
     parser.add_argument("--recover-steps", default="100")
     parser.add_argument("--epochs", default="3")
     args = parser.parse_args()
-    data = ",".join(os.path.join(args.data_root, n) for n in ("kvasir-seg-256", "cvc-clinicdb-256"))
+    data = polyp_data(args.data_root)
     w = lambda *p: os.path.join(args.work, *p)  # noqa: E731
     seconds = {}
-    seconds["evaluate dense"] = _cli(w("dense", "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint",
+    seconds["evaluate dense"] = run_cli(w("dense", "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint",
                                      "packaged", "--data", data, "--split", "test", "--out", w("dense"))
     for name, steps in (("pruned", "0"), ("recovered", args.recover_steps)):
-        seconds[f"prune {name}"] = _cli(
+        seconds[f"prune {name}"] = run_cli(
             w(name, "pruned.pth"), "prune", "--model", "lite-medsam", "--data", data, "--ratio", args.ratio,
             "--calib-size", args.calib_size, "--recover-steps", steps, "--no-report", "--out", w(name))
-    seconds["finetune"] = _cli(
+    seconds["finetune"] = run_cli(
         w("finetuned", "best.pth"), "finetune", "--model", "lite-medsam", "--checkpoint", w("recovered", "pruned.pth"),
         "--data", data, "--splits", w("recovered", "splits.json"), "--epochs", args.epochs, "--out", w("finetuned"))
     checkpoints = {"pruned": w("pruned", "pruned.pth"), "recovered": w("recovered", "pruned.pth"),
                    "finetuned": w("finetuned", "best.pth")}
     for name, ckpt in checkpoints.items():
-        seconds[f"evaluate {name}"] = _cli(
+        seconds[f"evaluate {name}"] = run_cli(
             w(f"eval_{name}", "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint", ckpt,
             "--data", data, "--split", "test", "--splits", w("recovered", "splits.json"), "--out", w(f"eval_{name}"))
-    rows = {"dense": _macro(w("dense")), **{n: _macro(w(f"eval_{n}")) for n in checkpoints}}
-    with open(w("recovered", "summary.json")) as f:
-        summary = json.load(f)
-    with open(w("finetuned", "finetune.json")) as f:
-        tuned = json.load(f)
+    rows = {"dense": macro(w("dense")), **{n: macro(w(f"eval_{n}")) for n in checkpoints}}
+    summary = read_json(w("recovered", "summary.json"))
+    tuned = read_json(w("finetuned", "finetune.json"))
     print(f"{'stage':12s} " + " ".join(f"{m:>11s}" for m in METRICS))
     for name, r in rows.items():
         print(f"{name:12s} " + " ".join(f"{r[m]:11.4f}" for m in METRICS))

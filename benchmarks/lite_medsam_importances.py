@@ -12,23 +12,16 @@ Usage: ``python benchmarks/lite_medsam_importances.py [--data-root ../shared/dat
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _cli import macro, polyp_data, read_json, run_cli  # noqa: E402
 from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
 
 IMPORTANCES = ("medcore", "taylor", "random")
-
-
-def _cli(done: str, *args: str) -> None:
-    if os.path.exists(done):  # finished in an earlier run
-        return
-    subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -38,23 +31,22 @@ def main() -> None:
     parser.add_argument("--ratio", default="0.3")
     parser.add_argument("--recover-steps", default="50")
     args = parser.parse_args()
-    data = ",".join(os.path.join(args.data_root, n) for n in ("kvasir-seg-256", "cvc-clinicdb-256"))
+    data = polyp_data(args.data_root)
     rows = {}
     dense = os.path.join(args.work, "dense")
-    _cli(os.path.join(dense, "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint", "packaged",
+    run_cli(os.path.join(dense, "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint", "packaged",
          "--data", data, "--split", "test", "--out", dense)
-    rows["dense"] = json.load(open(os.path.join(dense, "summary.json")))["macro"]
+    rows["dense"] = macro(dense)
     runs = [(imp, steps) for steps in ("0", args.recover_steps) for imp in IMPORTANCES]
     for imp, steps in runs:
         name = f"{imp}" + (f"+recovery{steps}" if steps != "0" else "")
         p, e = os.path.join(args.work, f"prune_{name}"), os.path.join(args.work, f"eval_{name}")
-        _cli(os.path.join(p, "summary.json"), "prune", "--model", "lite-medsam", "--data", data, "--ratio", args.ratio,
+        run_cli(os.path.join(p, "summary.json"), "prune", "--model", "lite-medsam", "--data", data, "--ratio", args.ratio,
              "--importance", imp, "--calib-size", "16", "--recover-steps", str(steps), "--no-report", "--out", p)
-        _cli(os.path.join(e, "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint",
+        run_cli(os.path.join(e, "summary.json"), "evaluate", "--model", "lite-medsam", "--checkpoint",
              os.path.join(p, "pruned.pth"), "--data", data, "--split", "test", "--splits", os.path.join(p, "splits.json"), "--out", e)
-        summary = json.load(open(os.path.join(p, "summary.json")))
-        rows[name] = {**json.load(open(os.path.join(e, "summary.json")))["macro"],
-                      "removed": summary["encoder_params_removed_fraction"]}
+        removed = read_json(os.path.join(p, "summary.json"))["encoder_params_removed_fraction"]
+        rows[name] = {**macro(e), "removed": removed}
     print(f"{'model':22s} {'removed':>8s} {'dice':>7s} {'iou':>7s} {'bf1':>7s} {'hd95':>7s} {'nsd':>7s}")
     for name, r in rows.items():
         print(f"{name:22s} {r.get('removed', 0.0):8.2%} {r['dice']:7.4f} {r['iou']:7.4f} {r['boundary_f1']:7.4f} "

@@ -18,10 +18,9 @@ from medcore_tp.data import (
     SegmentationDataset,
     box_from_mask,
     calibration_subset,
-    fit_mask,
     load_datasets,
     make_splits,
-    preprocess_image,
+    prepare_pair,
     select_split,
 )
 from medcore_tp.errors import MedcoreError
@@ -45,12 +44,12 @@ def batch_from_pairs(
     """Preprocess (image, mask) pairs for a model with input side ``size`` (tight boxes); masks at
     the logit side ``low_size`` (default ``size // 4``, SAM's ViT; see ``inference.logit_size``);
     ``resize_mode`` as ``inference.resize_mode`` of the model."""
-    images, boxes, masks = [], [], []
-    for image, mask in pairs:
-        images.append(torch.from_numpy(preprocess_image(image, size, mode=resize_mode)))
-        boxes.append(torch.from_numpy(box_from_mask(fit_mask(mask, size, resize_mode))))
-        masks.append(torch.from_numpy(fit_mask(mask, low_size or size // 4, resize_mode)))
-    return CalibrationBatch(torch.stack(images), torch.stack(boxes).float(), torch.stack(masks))
+    prepared = [prepare_pair(image, mask, size, low_size or size // 4, resize_mode) for image, mask in pairs]
+    return CalibrationBatch(
+        torch.stack([torch.from_numpy(p.image) for p in prepared]),
+        torch.stack([torch.from_numpy(box_from_mask(p.mask)) for p in prepared]).float(),
+        torch.stack([torch.from_numpy(p.mask_low) for p in prepared]),
+    )
 
 
 def synthetic_batch(n: int, size: int, seed: int = 0, low_size: int | None = None) -> CalibrationBatch:

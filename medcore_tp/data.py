@@ -48,6 +48,7 @@ __all__ = [
     "fitted_size",
     "load_datasets",
     "load_pair",
+    "prepare_pair",
     "make_splits",
     "mask_to_size",
     "preprocess_image",
@@ -286,6 +287,29 @@ def preprocess_image(image: np.ndarray, size: int, method: str = "torch", mode: 
     return out
 
 
+@dataclass
+class PreparedPair:
+    """An (image, mask) pair in a model's input frame: image (3, S, S) in [0, 1], mask (S, S), mask at
+    the logit side, and the (h, w) part of the frame the image fills."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    mask_low: np.ndarray
+    fitted: tuple[int, int]
+
+
+def prepare_pair(image: np.ndarray, mask: np.ndarray, size: int, low_size: int, mode: str = "square",
+                 method: str = "torch") -> PreparedPair:
+    """Fit an (H, W, 3) image and its (H, W) mask into the S x S input (``mode``) and the mask also
+    into the ``low_size`` logit frame."""
+    return PreparedPair(
+        image=preprocess_image(image, size, method, mode),
+        mask=fit_mask(mask, size, mode),
+        mask_low=fit_mask(mask, low_size, mode),
+        fitted=fitted_size(mask.shape[0], mask.shape[1], size, mode),
+    )
+
+
 def fit_mask(mask: np.ndarray, size: int, mode: str = "square") -> np.ndarray:
     """A 2-D bool mask fitted into S x S like its image (nearest neighbour, False padding)."""
     h, w = fitted_size(mask.shape[0], mask.shape[1], size, mode)
@@ -508,18 +532,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return {"index": index, "error": str(exc)}
-        size, mode = self.input_size, self.resize_mode
-        mask_input = fit_mask(mask, size, mode)
-        fitted = fitted_size(mask.shape[0], mask.shape[1], size, mode)
+        pair = prepare_pair(image, mask, self.input_size, self.low_size, self.resize_mode, self.resize)
         return {
             "index": index,
-            "image": torch.from_numpy(preprocess_image(image, size, self.resize, mode)),
-            "box": torch.from_numpy(self._box(sample, mask_input, fitted)),
-            "mask": torch.from_numpy(mask_input),
-            "mask_low": torch.from_numpy(fit_mask(mask, self.low_size, mode)),
+            "image": torch.from_numpy(pair.image),
+            "box": torch.from_numpy(self._box(sample, pair.mask, pair.fitted)),
+            "mask": torch.from_numpy(pair.mask),
+            "mask_low": torch.from_numpy(pair.mask_low),
             "mask_original": mask,
             "original_size": mask.shape,
-            "fitted_size": fitted,
+            "fitted_size": pair.fitted,
         }
 
 

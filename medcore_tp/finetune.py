@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,7 @@ from medcore_tp.checkpoint import save_pruned
 from medcore_tp.data import SegmentationDataset, collate
 from medcore_tp.distributed import all_reduce_sum, barrier, data_parallel, is_main, my_share, rank, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import forward_logits, logit_size, resize_mode
+from medcore_tp.inference import forward_logits, input_size, logit_size, resize_mode
 
 STATE_FILE = "state.pth"
 BEST_FILE = "best.pth"
@@ -94,16 +94,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def validation_loader(dataset: SegmentationDataset, batch_size: int) -> torch.utils.data.DataLoader:
+    """This rank's validation images (every N-th under torchrun). Images are read again each time it is
+    iterated: holding a large validation set at 1024 x 1024 in memory would cost more than the reads."""
+    mine = list(range(rank(), len(dataset), world_size()))
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
+                                       collate_fn=collate)
+
+
 @torch.no_grad()
-def validation_loss(model: Sam, dataset: SegmentationDataset, batch_size: int) -> float:
-    """Mean per-sample loss over ``dataset``; under torchrun each rank takes every N-th image."""
+def validation_loss(model: Sam, batches: Iterable[dict]) -> float:
+    """Mean per-sample loss over every rank's :func:`validation_loader`."""
     model.eval()
     device = next(model.parameters()).device
-    mine = list(range(rank(), len(dataset), world_size()))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
-                                         collate_fn=collate)
     sums = torch.zeros(2, dtype=torch.float64)
-    for batch in loader:
+    for batch in batches:
         logits = forward_logits(model, batch["image"], batch["box"])
         sums += torch.tensor([float(segmentation_losses(logits, batch["mask_low"].to(device)).sum()), len(batch["index"])],
                              dtype=torch.float64)
@@ -132,7 +137,7 @@ def finetune(
         raise MedcoreError("finetune: the training split is empty")
     if not val:
         raise MedcoreError("finetune: the validation split is empty (need at least one validation image)")
-    size = model.image_encoder.img_size
+    size = input_size(model)
     device = next(model.parameters()).device
     params = _trainable(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -147,8 +152,13 @@ def finetune(
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     low, mode = logit_size(model), resize_mode(model)
-    val_set = SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed,
-                                  low_size=low, resize_mode=mode)
+    val_batches = validation_loader(
+        SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed,
+                            low_size=low, resize_mode=mode),
+        cfg.batch_size,
+    )
+    train_set = SegmentationDataset(train, size, box_mode="deterministic", box_jitter=cfg.box_jitter,
+                                    low_size=low, resize_mode=mode)
     trained = data_parallel(_Logits(model))
 
     os.makedirs(out_dir, exist_ok=True)
@@ -178,8 +188,7 @@ def finetune(
         train_with_frozen_norms(model)  # small batches: keep batch-norm statistics as trained
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         shares = [my_share(order[i : i + global_batch]) for i in range(0, len(order), global_batch)]
-        train_set = SegmentationDataset(train, size, box_mode="deterministic", box_jitter=cfg.box_jitter,
-                                        seed=cfg.seed * 1000 + epoch, low_size=low, resize_mode=mode)
+        train_set.seed = cfg.seed * 1000 + epoch  # box widening drawn anew each epoch, the same on every rank
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=[mine for mine, _ in shares], collate_fn=collate)
         running = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
         bar = tqdm(zip(loader, shares, strict=True), total=len(shares), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -200,7 +209,7 @@ def finetune(
                 running += torch.tensor([float(per_sample.detach().sum()), len(per_sample)], dtype=torch.float64)
             bar.set_postfix(loss=f"{float(running[0] / running[1].clamp(min=1)):.4f}")
         all_reduce_sum([running])
-        val = validation_loss(model, val_set, cfg.batch_size)
+        val = validation_loss(model, val_batches)
         improved = val < best
         best, stale = (val, 0) if improved else (best, stale + 1)
         curves.append({"epoch": epoch + 1, "train_loss": float(running[0] / running[1].clamp(min=1)), "val_loss": val,

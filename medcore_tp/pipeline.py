@@ -18,7 +18,7 @@ from medcore_tp.arch import adapter_for
 from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.graph import Plan
-from medcore_tp.inference import logit_size, resize_mode
+from medcore_tp.inference import input_size, logit_size, resize_mode
 from medcore_tp.profile import count_params
 from medcore_tp.prune import make_importance, prune_by_budget
 from medcore_tp.recipe import (
@@ -86,7 +86,7 @@ def calibration_batches(
     model: Sam, roots: Sequence[str], calib_size: int, batch_size: int, seed: int, log: Callable[[str], None]
 ) -> tuple[dict[str, list[CalibrationBatch]], dict | None]:
     """Calibration batches per dataset (first training images of each folder) or the synthetic set."""
-    size, low = model.image_encoder.img_size, logit_size(model)
+    size, low = input_size(model), logit_size(model)
     if not roots:
         log(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
         return {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=low)]}, None
@@ -124,12 +124,13 @@ def run_prune(
     ``recover_batch_size`` is per process (see :func:`medcore_tp.recovery.recover`).
     """
     ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
-    batches, splits = None, None
+    batches, splits, pool = None, None, []
     if importance in CALIBRATED_IMPORTANCES or recover_steps > 0:
         batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log)
+        pool = [b for bs in batches.values() for b in bs]
     calib_info, extra, budget_weights = None, {}, None
     if importance == "taylor":
-        seen = accumulate_gradients(model, [b for bs in batches.values() for b in bs], batch_size=1)
+        seen = accumulate_gradients(model, pool, batch_size=1)
         calib_info = {"datasets": list(batches), "samples": seen}
         imp = make_importance("taylor")
     elif importance in FISHER_IMPORTANCES:
@@ -161,7 +162,6 @@ def run_prune(
         teacher = copy.deepcopy(model) if recover_steps > 0 else None
         remove()
         if teacher is not None:
-            pool = [b for bs in batches.values() for b in bs]
             curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
                             progress=progress, description=f"recovery after {stage}", batch_size=recover_batch_size)
             recovery.append({"stage": stage, "steps": recover_steps, "batch_size": recover_batch_size, "loss": curve})

@@ -28,9 +28,9 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
-from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, rank, world_size
+from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
 from medcore_tp.fisher import boundary_band
-from medcore_tp.inference import decode_logits
+from medcore_tp.inference import decode_logits, input_size
 
 HIGH_FREQUENCY = 0.25  # cycles per pixel
 
@@ -57,7 +57,7 @@ def recovery_loss(
     masks_low: torch.Tensor,
     size: int,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The five-term recovery loss (module docstring) and its parts."""
+    """The five-term recovery loss (module docstring) and its parts (detached 0-d tensors)."""
     m_low = masks_low.float().unsqueeze(1)
     up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
     m_up = F.interpolate(m_low, size=(size, size), mode="nearest")
@@ -76,7 +76,7 @@ def recovery_loss(
     spectrum = spec[..., keep].mean()
     total = seg + 1.0 * boundary_bce + 0.5 * distil + 2.0 * logit_distil + 0.5 * spectrum
     parts = {"seg": seg, "boundary_bce": boundary_bce, "embedding": distil, "logit": logit_distil, "spectrum": spectrum}
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}  # 0-d tensors: no device sync per step
 
 
 def recover(
@@ -112,46 +112,45 @@ def recover(
     for p in frozen:
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.0)
-    size = encoder.img_size
     device = next(encoder.parameters()).device
     was_training = model.training
     train_with_frozen_norms(model)
     trained = data_parallel(encoder)
-    losses = torch.zeros(steps, dtype=torch.float64)
+    losses = torch.zeros(steps, dtype=torch.float64, device=device)
     try:
         for step, batch in enumerate(tqdm(order, desc=description, disable=not (progress and is_main()), leave=False)):
-            mine = batch[rank() :: world]  # equal shares: DDP's gradient average is the global batch mean
-            x, box, m = images[mine].to(device), boxes[mine].to(device), masks[mine].to(device)
-            with torch.no_grad():
-                t_emb = teacher.image_encoder(x)
-                t_logits = decode_logits(teacher, t_emb, box)
-            emb = trained(x)
-            logits = decode_logits(model, emb, box)
-            loss, _ = recovery_loss(logits, t_logits, emb, t_emb, m, size)
+            mine, _ = my_share(batch)  # equal shares: DDP's gradient average is the global batch mean
+            loss = _sample_loss(model, teacher, trained, images[mine], boxes[mine], masks[mine])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses[step] = float(loss.detach()) / world
+            losses[step] = loss.detach() / world
     finally:
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
+    losses = losses.cpu()
     all_reduce_sum([losses])
     return losses.tolist()
+
+
+def _sample_loss(model: Sam, teacher: Sam, encoder: torch.nn.Module, x: torch.Tensor, box: torch.Tensor,
+                 m: torch.Tensor) -> torch.Tensor:
+    """Recovery loss of ``model`` (its encoder run as ``encoder``, e.g. DDP-wrapped) against ``teacher``."""
+    device = next(model.parameters()).device
+    x, box, m = x.to(device), box.to(device), m.to(device)
+    with torch.no_grad():
+        t_emb = teacher.image_encoder(x)
+        t_logits = decode_logits(teacher, t_emb, box)
+    emb = encoder(x)
+    loss, _ = recovery_loss(decode_logits(model, emb, box), t_logits, emb, t_emb, m, input_size(model))
+    return loss
 
 
 @torch.no_grad()
 def pool_loss(model: Sam, teacher: Sam, pool: Sequence[CalibrationBatch]) -> float:
     """Mean recovery loss of ``model`` against ``teacher`` over every sample of ``pool``."""
-    size = model.image_encoder.img_size
-    device = next(model.parameters()).device
-    total, n = 0.0, 0
-    for batch in pool:
-        for i in range(len(batch.images)):
-            x, box, m = batch.images[i : i + 1].to(device), batch.boxes[i : i + 1].to(device), batch.masks[i : i + 1].to(device)
-            t_emb = teacher.image_encoder(x)
-            emb = model.image_encoder(x)
-            loss, _ = recovery_loss(decode_logits(model, emb, box), decode_logits(teacher, t_emb, box), emb, t_emb, m, size)
-            total += float(loss)
-            n += 1
-    return total / max(n, 1)
+    losses = [float(_sample_loss(model, teacher, model.image_encoder, b.images[i : i + 1], b.boxes[i : i + 1],
+                                 b.masks[i : i + 1]))
+              for b in pool for i in range(len(b.images))]
+    return sum(losses) / max(len(losses), 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import click
-import torch
 
 from medcore_tp.atomic import save_json
 from medcore_tp.checkpoint import load_model
@@ -50,7 +49,6 @@ def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, p
     model, record = load_model(model_name, checkpoint)
     model = model.to(dev)
     config = FinetuneConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
-    torch.manual_seed(seed)
     result = finetune(model, train, val, out_dir, base=model_name, config=config, resume=resume,
                       progress=not no_progress)
     if not is_main():
