@@ -7,6 +7,7 @@ first MLP layer), and within each block the lowest-scoring groups go, as many as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,14 +98,12 @@ def prune_by_budget(
     graph = build_graph(spec)
     scores = score_blocks(spec.encoder, graph, importance)
     plan = plan_from_scores(scores, budget)
-    for stage, part in (("heads", {b: BlockPlan(heads=p.heads) for b, p in plan.items() if p.heads}),
-                        ("mlp", {b: BlockPlan(mlp=p.mlp) for b, p in plan.items() if p.mlp})):
+    run_stage = run_stage or (lambda _stage, remove: remove())
+    heads = {b: BlockPlan(heads=p.heads) for b, p in plan.items() if p.heads}
+    mlp = {b: BlockPlan(mlp=p.mlp) for b, p in plan.items() if p.mlp}
+    for stage, part in (("heads", heads), ("mlp", mlp)):
         if part:
-            remove = lambda part=part: apply_plan(spec.encoder, part, graph)  # noqa: E731
-            if run_stage is None:
-                remove()
-            else:
-                run_stage(stage, remove)
+            run_stage(stage, functools.partial(apply_plan, spec.encoder, part, graph))
     return plan
 
 

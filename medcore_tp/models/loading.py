@@ -91,3 +91,12 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | o
 def _few(items: list[str], n: int = 3) -> str:
     head = ", ".join(items[:n])
     return head + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def load_dense(model: nn.Module, obj: object, path: str | os.PathLike, name: str) -> nn.Module:
+    """Load an already-read dense checkpoint object (raw or training format) into ``model``; eval mode.
+
+    ``eval()`` comes after loading because LiteMedSAM's attention caches its bias table there.
+    """
+    load_into(model, dense_state_dict(obj, path), path, name)
+    return model.eval()
