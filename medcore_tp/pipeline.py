@@ -9,9 +9,11 @@ calibration images, building the importance, the sensitivity-weighted budget, an
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from segment_anything.modeling import Sam
 
 from medcore_tp.arch import adapter_for
@@ -98,6 +100,135 @@ def calibration_batches(
     return sets.batches, sets.splits
 
 
+@dataclass
+class Scoring:
+    """An importance and its calibration, computed once on the dense model and reusable for any ratio.
+
+    :meth:`importance_for` builds the Torch-Pruning importance for a fresh copy of that dense model
+    (MedCore's importance is bound to the encoder it scores; Taylor needs the dense gradients put back
+    on the copy's parameters).
+    """
+
+    name: str
+    pool: list[CalibrationBatch]
+    splits: dict | None = None
+    calibration: dict | None = None
+    extra: dict = field(default_factory=dict)
+    budget_weights: list[float] | None = None
+    stats: list | None = None
+    data_weights: list[float] | None = None
+    alpha: str | float = "auto"
+    grads: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0
+
+    def importance_for(self, model: Sam):
+        """The importance scoring ``model`` (the dense model or a fresh copy of it)."""
+        if self.name in FISHER_IMPORTANCES:
+            return make_medcore_importance(model, self.stats, self.name, self.data_weights, self.alpha)
+        if self.name == "taylor":
+            for n, p in model.image_encoder.named_parameters():
+                p.grad = self.grads[n].clone() if n in self.grads else None
+        return make_importance(self.name)
+
+
+def score_importance(
+    model: Sam,
+    importance: str,
+    roots: Sequence[str] = (),
+    source: Sam | None = None,
+    data_weights: Sequence[float] | None = None,
+    alpha: str | float = "auto",
+    calib_size: int = 128,
+    batch_size: int = 8,
+    recover_steps: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> Scoring:
+    """Calibration statistics of ``importance`` on the dense ``model`` (Fisher, Taylor gradients), and the
+    calibration pool recovery draws from; ``model``'s weights are left as they are."""
+    start = time.perf_counter()
+    batches, splits, pool = None, None, []
+    if importance in CALIBRATED_IMPORTANCES or recover_steps > 0:
+        batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log)
+        pool = [b for bs in batches.values() for b in bs]
+    scoring = Scoring(importance, pool, splits, alpha=alpha,
+                      data_weights=list(data_weights) if data_weights is not None else None)
+    if importance == "taylor":
+        seen = accumulate_gradients(model, pool, batch_size=1)
+        scoring.calibration = {"datasets": list(batches), "samples": seen}
+        scoring.grads = {n: p.grad.detach().clone() for n, p in model.image_encoder.named_parameters()
+                         if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+    elif importance in FISHER_IMPORTANCES:
+        cal = calibrate(model, batches, source=source, weights=data_weights, progress=progress)
+        scoring.stats = statistics(model, cal)
+        imp = scoring.importance_for(model)
+        scoring.calibration = {"datasets": list(batches), "samples": cal.samples}
+        scoring.extra = {
+            "source_model_used": source is not None,
+            "alpha_per_block": [s.alpha for s in imp.scores],
+            "sensitivity_per_block": [s.sensitivity for s in imp.scores],
+        }
+        if source is None and importance == "medcore":
+            log("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
+        scoring.budget_weights = sensitivity_weights(imp)
+    else:
+        make_importance(importance)  # raises for an unknown name
+    scoring.seconds = time.perf_counter() - start
+    return scoring
+
+
+def prune_scored(
+    model: Sam,
+    arch: Sam,
+    scoring: Scoring,
+    ratio: float | None,
+    heads_ratio: float | None,
+    mlp_ratio: float | None,
+    protect: Sequence[int] | None,
+    recover_steps: int = 100,
+    recover_batch_size: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> PruneRun:
+    """Prune ``model`` (the dense model ``scoring`` was computed on, or a fresh copy) in place under the
+    settled ratios: heads, recovery, MLP channels, recovery."""
+    ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
+    if scoring.budget_weights is not None and ratio is not None:
+        # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation
+        # changes how many parameters a ratio removes: settle the ratios again with those weights.
+        ratios = settle_ratios(arch, ratio, None, None, protect, scoring.budget_weights)
+    imp = scoring.importance_for(model)
+    adapter = adapter_for(arch)
+    budget = ratio_budget(
+        adapter.heads_per_block(arch.image_encoder), adapter.mlp_per_block(arch.image_encoder),
+        ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=scoring.budget_weights,
+    )
+    recovery: list[dict] = []
+    pool = scoring.pool
+
+    def run_stage(stage: str, remove: Callable[[], None]) -> None:
+        teacher = copy.deepcopy(model) if recover_steps > 0 else None
+        remove()
+        if teacher is not None:
+            began = time.perf_counter()
+            curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
+                            progress=progress, description=f"recovery after {stage}", batch_size=recover_batch_size)
+            recovery.append({"stage": stage, "steps": recover_steps, "batch_size": recover_batch_size, "loss": curve,
+                             "seconds": time.perf_counter() - began})
+            log(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
+
+    # Random importance draws from torch's generator: seed it here so that a run's plan depends on
+    # --seed alone, whatever happened in the process before (a sweep prunes many copies in one process).
+    torch.manual_seed(seed)
+    plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
+    rows = scores_table(imp, plan) if scoring.name in FISHER_IMPORTANCES else None
+    return PruneRun(plan=plan, budget=budget, ratios=ratios, calibration=scoring.calibration, splits=scoring.splits,
+                    scores_rows=rows, extra=dict(scoring.extra), recovery=recovery)
+
+
 def run_prune(
     model: Sam,
     arch: Sam,
@@ -123,54 +254,12 @@ def run_prune(
     ``arch`` is the bare architecture (e.g. a meta-device copy) the ratios are settled on.
     ``recover_batch_size`` is per process (see :func:`medcore_tp.recovery.recover`).
     """
-    ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
-    batches, splits, pool = None, None, []
-    if importance in CALIBRATED_IMPORTANCES or recover_steps > 0:
-        batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log)
-        pool = [b for bs in batches.values() for b in bs]
-    calib_info, extra, budget_weights = None, {}, None
-    if importance == "taylor":
-        seen = accumulate_gradients(model, pool, batch_size=1)
-        calib_info = {"datasets": list(batches), "samples": seen}
-        imp = make_importance("taylor")
-    elif importance in FISHER_IMPORTANCES:
-        cal = calibrate(model, batches, source=source, weights=data_weights, progress=progress)
-        imp = make_medcore_importance(model, statistics(model, cal), importance, data_weights, alpha)
-        calib_info = {"datasets": list(batches), "samples": cal.samples}
-        extra = {
-            "source_model_used": source is not None,
-            "alpha_per_block": [s.alpha for s in imp.scores],
-            "sensitivity_per_block": [s.sensitivity for s in imp.scores],
-        }
-        if source is None and importance == "medcore":
-            log("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
-        budget_weights = sensitivity_weights(imp)
-        if ratio is not None:
-            # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation
-            # changes how many parameters a ratio removes: settle the ratios again with those weights.
-            ratios = settle_ratios(arch, ratio, None, None, protect, budget_weights)
-    else:
-        imp = make_importance(importance)
-    adapter = adapter_for(arch)
-    budget = ratio_budget(
-        adapter.heads_per_block(arch.image_encoder), adapter.mlp_per_block(arch.image_encoder),
-        ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=budget_weights,
-    )
-    recovery: list[dict] = []
-
-    def run_stage(stage: str, remove: Callable[[], None]) -> None:
-        teacher = copy.deepcopy(model) if recover_steps > 0 else None
-        remove()
-        if teacher is not None:
-            curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
-                            progress=progress, description=f"recovery after {stage}", batch_size=recover_batch_size)
-            recovery.append({"stage": stage, "steps": recover_steps, "batch_size": recover_batch_size, "loss": curve})
-            log(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
-
-    plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
-    rows = scores_table(imp, plan) if importance in FISHER_IMPORTANCES else None
-    return PruneRun(plan=plan, budget=budget, ratios=ratios, calibration=calib_info, splits=splits,
-                    scores_rows=rows, extra=extra, recovery=recovery)
+    settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)  # bad ratios fail before calibration
+    scoring = score_importance(model, importance, roots, source, data_weights, alpha, calib_size, batch_size,
+                               recover_steps, seed, progress, log)
+    return prune_scored(model, arch, scoring, ratio, heads_ratio, mlp_ratio, protect, recover_steps,
+                        recover_batch_size, seed, progress, log)
 
 
-__all__ = ["PruneRun", "Ratios", "calibration_batches", "run_prune", "settle_ratios"]
+__all__ = ["PruneRun", "Ratios", "Scoring", "calibration_batches", "prune_scored", "run_prune", "score_importance",
+           "settle_ratios"]
