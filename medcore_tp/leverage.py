@@ -191,6 +191,8 @@ def run_leverage(
     items = [dataset[i] for i in range(len(dataset))]
     gts = [it["mask_low"].numpy() for it in items]
     model = model.eval()
+    log(f"leverage: {len(items)} images ({config.split} split), a {len(config.head_ratios)} x {len(config.mlp_ratios)} "
+        f"grid pruned by {config.importance} importance, no recovery, tau {', '.join(f'{t:g}' for t in config.taus)} px")
     scoring = score_importance(model, config.importance, config.data, calib_size=config.calib_size,
                                recover_steps=0, seed=config.seed, log=log)
     dense_params = count_params(model.image_encoder)

@@ -267,6 +267,9 @@ def run_sweep(
     hook = stage_hook or (lambda _p, _s: None)
     bar = tqdm(total=len(points) + 1, desc="sweep", unit="point", disable=not progress, dynamic_ncols=True)
     say = log or (bar.write if progress else print)
+    say(f"sweep: {len(points)} points ({len(config.ratios)} ratios x {len(config.importances)} importances) and the "
+        f"dense model, {config.recover_steps} recovery steps per stage, {config.finetune_epochs} fine-tuning epochs, "
+        f"latency median of {config.repeats} interleaved with the dense model")
     if done:
         say(f"resuming {out}: {len(done)} finished point(s) kept ({', '.join(sorted(done))})")
     result = SweepResult([], [])

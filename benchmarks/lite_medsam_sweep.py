@@ -1,0 +1,124 @@
+"""Packaged LiteMedSAM: ``medcore-tp sweep`` (ratios 0.3, 0.5, 0.6 x medcore, taylor, random) and
+``medcore-tp leverage`` on kvasir-seg-256 + cvc-clinicdb-256; results into ``benchmarks/results/``.
+
+``--run`` runs (or resumes) both commands with the settings below; without it the finished folders in
+``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only). Collecting copies
+``sweep.csv``, ``comparisons.csv``, ``pareto.png``, ``leverage.csv/json/png`` to
+``benchmarks/results/lite_medsam_{sweep,leverage}_<machine>.*``, writes the machine record beside them
+and prints the README tables (Markdown), generated from those files.
+
+Usage: ``python benchmarks/lite_medsam_sweep.py [--run] [--sweep out/sweep-lite] [--leverage out/leverage-lite]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _cli import polyp_data  # noqa: E402
+from _machine import machine_info, machine_tag  # noqa: E402
+
+from medcore_tp.atomic import save_json  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+# What the shared 2-core machine allowed in one session (see README): 5 test images per dataset,
+# 4 calibration images per dataset, no recovery, 2 latency repeats.
+SWEEP_ARGS = ["--ratios", "0.3,0.5,0.6", "--importances", "medcore,taylor,random", "--eval-images", "5",
+              "--calib-size", "4", "--recover-steps", "0", "--repeats", "2"]
+LEVERAGE_ARGS = ["--images", "4", "--head-ratios", "0.3,0.6", "--mlp-ratios", "0.3,0.6,0.9", "--resamples", "1000"]
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress"], check=True)
+
+
+def _rows(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """The README table of a ``sweep.csv``."""
+    out = ["| point | removed | GFLOPs torch / paper | latency s (min-max) | speedup | Dice | IoU | BF1 | HD95 px | NSD |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = {k: float(v) for k, v in r.items() if k not in ("point", "importance") and v not in ("True", "False")}
+        out.append(f"| {r['point']} | {f['removed_fraction']:.2%} | {f['flops_torch_g']:.2f} / {f['flops_paper_g']:.2f} "
+                   f"| {f['latency_s']:.3f} ({f['latency_min_s']:.3f}-{f['latency_max_s']:.3f}) | {f['speedup']:.2f}x "
+                   f"| {f['dice']:.4f} | {f['iou']:.4f} | {f['boundary_f1']:.4f} | {f['hd95']:.2f} | {f['nsd']:.4f} |")
+    return "\n".join(out)
+
+
+def comparison_table(rows: list[dict], metrics: tuple[str, ...] = ("dice", "boundary_f1", "hd95")) -> str:
+    """The README table of a ``comparisons.csv``: mean difference a - b and its 95% interval."""
+    out = ["| ratio | a - b | n | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
+    keys = list(dict.fromkeys((r["ratio"], r["importance_a"], r["importance_b"]) for r in rows))
+    for ratio, a, b in keys:
+        cells = []
+        for m in metrics:
+            r = next(x for x in rows if (x["ratio"], x["importance_a"], x["importance_b"], x["metric"]) == (ratio, a, b, m))
+            cells.append(f"{float(r['mean_diff']):+.4f} [{float(r['ci_low']):+.4f}, {float(r['ci_high']):+.4f}]")
+            n = r["n"]
+        out.append(f"| {ratio} | {a} - {b} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def leverage_table(summary: dict) -> str:
+    """The README table of a ``leverage.json``."""
+    out = ["| tau px | head / MLP steps | median P95 head | median P95 MLP | BLR95 [95% CI] | paper (MedSAM) "
+           "| Spearman(leverage, dBF1) | Spearman(leverage, dHD95) |", "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    for tau, s in summary["per_tau"].items():
+        out.append(f"| {tau} | {s['head_steps']} / {s['mlp_steps']} | {s['median_head_p95']:.4g} | "
+                   f"{s['median_mlp_p95']:.4g} | {s['blr95']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | "
+                   f"{summary['paper_blr95_medsam']} | {fmt(s['spearman_leverage_vs_delta_bf1'])} | "
+                   f"{fmt(s['spearman_leverage_vs_delta_hd95'])} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--sweep", default="out/sweep-lite")
+    parser.add_argument("--leverage", default="out/leverage-lite")
+    parser.add_argument("--run", action="store_true", help="Run or resume the two commands first.")
+    args = parser.parse_args()
+    data = polyp_data(args.data_root)
+    if args.run:
+        _cli("sweep", "--model", "lite-medsam", "--data", data, *SWEEP_ARGS, "--out", args.sweep)
+        _cli("leverage", "--model", "lite-medsam", "--data", data, *LEVERAGE_ARGS, "--out", args.leverage)
+    tag = machine_tag()
+    os.makedirs(RESULTS, exist_ok=True)
+    record = {"machine": machine_info()}
+    printed = []
+    if os.path.exists(os.path.join(args.sweep, "sweep.csv")):
+        for name, ext in (("sweep", "csv"), ("comparisons", "csv"), ("pareto", "png")):
+            shutil.copyfile(os.path.join(args.sweep, f"{name}.{ext}"), os.path.join(RESULTS, f"lite_medsam_{name}_{tag}.{ext}"))
+        with open(os.path.join(args.sweep, "sweep.json")) as f:
+            sweep = json.load(f)
+        record["sweep"] = {"settings": sweep["settings"], "points_finished": [p["point"] for p in sweep["points"]],
+                           "environment_of_the_run": sweep["points"][0]["environment"] if sweep["points"] else None}
+        printed += [sweep_table(_rows(os.path.join(args.sweep, "sweep.csv"))),
+                    comparison_table(_rows(os.path.join(args.sweep, "comparisons.csv")))]
+    if os.path.exists(os.path.join(args.leverage, "leverage.json")):
+        for ext in ("csv", "json", "png"):
+            shutil.copyfile(os.path.join(args.leverage, f"leverage.{ext}"), os.path.join(RESULTS, f"lite_medsam_leverage_{tag}.{ext}"))
+        with open(os.path.join(args.leverage, "leverage.json")) as f:
+            lev = json.load(f)
+        record["leverage"] = {"settings": lev["settings"], "images": lev["images"], "seconds": lev["seconds"]}
+        printed.append(leverage_table(lev))
+    save_json(record, os.path.join(RESULTS, f"lite_medsam_sweep_machine_{tag}.json"))
+    print("\n\n".join(printed))
+
+
+if __name__ == "__main__":
+    main()
