@@ -24,7 +24,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ from medcore_tp.atomic import atomic_write, save_json, save_text
 from medcore_tp.budget import ratio_budget
 from medcore_tp.data import SegmentationDataset, load_datasets, make_splits, select_split
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import input_size, logit_size, predict_logits, resize_mode, upsample_logits
+from medcore_tp.inference import input_size, predict_logits, upsample_logits
 from medcore_tp.metrics import boundary_f1, hd95
-from medcore_tp.pipeline import prune_scored, score_importance
+from medcore_tp.models.spec import input_spec
+from medcore_tp.pipeline import PruneConfig, RatioRequest, prune_scored, score_importance
 from medcore_tp.profile import count_params
 
 GRADIENT_FLOOR_PERCENTILE = 5
@@ -125,12 +126,12 @@ def validate(config: LeverageConfig, model: Sam) -> None:
         try:
             ratio_budget(heads, mlp, h, 0.0, config.protect)
         except MedcoreError as exc:
-            raise MedcoreError(str(exc).replace("--heads-ratio", "--head-ratios")) from None
+            raise MedcoreError(str(exc).replace("heads_ratio", "--head-ratios", 1)) from None
     for m in config.mlp_ratios:
         try:
             ratio_budget(heads, mlp, 0.0, m, config.protect)
         except MedcoreError as exc:
-            raise MedcoreError(str(exc).replace("--mlp-ratio", "--mlp-ratios")) from None
+            raise MedcoreError(str(exc).replace("mlp_ratio", "--mlp-ratios", 1)) from None
 
 
 def _samples(config: LeverageConfig) -> list:
@@ -185,16 +186,16 @@ def run_leverage(
     validate(config, model)
     samples = _samples(config)
     started = time.perf_counter()
-    size, low = input_size(model), logit_size(model)
-    dataset = SegmentationDataset(samples, size, box_mode="deterministic", box_jitter=config.box_jitter, seed=42,
-                                  low_size=low, resize_mode=resize_mode(model))
+    dataset = SegmentationDataset(samples, input_spec(model), box_mode="deterministic", box_jitter=config.box_jitter,
+                                  seed=42)
     items = [dataset[i] for i in range(len(dataset))]
     gts = [it["mask_low"].numpy() for it in items]
     model = model.eval()
     log(f"leverage: {len(items)} images ({config.split} split), a {len(config.head_ratios)} x {len(config.mlp_ratios)} "
         f"grid pruned by {config.importance} importance, no recovery, tau {', '.join(f'{t:g}' for t in config.taus)} px")
-    scoring = score_importance(model, config.importance, config.data, calib_size=config.calib_size,
-                               recover_steps=0, seed=config.seed, log=log)
+    base = PruneConfig(importance=config.importance, ratios=RatioRequest(heads_ratio=0.0, mlp_ratio=0.0),
+                       data=tuple(config.data), calib_size=config.calib_size, recover_steps=0, seed=config.seed)
+    scoring = score_importance(model, base, log=log)
     dense_params = count_params(model.image_encoder)
     grid: dict[tuple[int, int], GridPoint] = {}
     cells = [(i, j) for i in range(len(config.head_ratios)) for j in range(len(config.mlp_ratios))]
@@ -203,8 +204,8 @@ def run_leverage(
         h, m = config.head_ratios[i], config.mlp_ratios[j]
         bar.set_postfix_str(f"heads {h:g}, MLP {m:g}")
         pruned = copy.deepcopy(model)
-        prune_scored(pruned, model, scoring, None, h, m, config.protect, recover_steps=0, seed=config.seed,
-                     log=lambda _m: None)
+        ratios = RatioRequest(heads_ratio=h, mlp_ratio=m, protect=tuple(config.protect))
+        prune_scored(pruned, replace(base, ratios=ratios), scoring, log=lambda _m: None)
         pruned.eval()
         logits = _predict(pruned, items)
         bf, hd = _metrics(pruned, logits, items)

@@ -1,9 +1,10 @@
 """A whole pruning run, as ``medcore-tp prune`` does it: ratios, calibration, scoring, cascade, recovery.
 
-The command line only parses options and prints; everything a library user would also need lives
-here: settling the ratios on the bare architecture (so bad ones fail before any work), choosing the
-calibration images, building the importance, the sensitivity-weighted budget, and the cascade
-(heads, recovery, MLP channels, recovery).
+The command line only parses options into a :class:`PruneConfig` and prints; everything a library
+user would also need lives here: checking the ratios on the bare architecture (so bad ones fail before
+any work), choosing the calibration images, building the importance (by its registry entry), settling
+the ratios once (with the budget weights when the importance gives them), the sensitivity-weighted
+budget, and the cascade (heads, recovery, MLP channels, recovery).
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from segment_anything.modeling import Sam
+from torch import nn
 
-from medcore_tp.arch import adapter_for
+from medcore_tp.arch import adapter_for, image_encoder
 from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
+from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
-from medcore_tp.inference import input_size, logit_size, resize_mode
+from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, FISHER_IMPORTANCES, importance_entry
+from medcore_tp.models.spec import input_spec
 from medcore_tp.profile import count_params
-from medcore_tp.prune import make_importance, prune_by_budget
+from medcore_tp.prune import prune_by_budget
 from medcore_tp.recipe import (
     calibrate,
     make_medcore_importance,
@@ -32,13 +35,36 @@ from medcore_tp.recipe import (
 )
 from medcore_tp.recovery import recover
 
-FISHER_IMPORTANCES = ("medcore", "boundary-fisher")
-CALIBRATED_IMPORTANCES = FISHER_IMPORTANCES + ("taylor",)
+__all__ = [
+    "CALIBRATED_IMPORTANCES", "FISHER_IMPORTANCES", "PruneConfig", "PruneRun", "RatioRequest", "Ratios", "Scoring",
+    "calibration_batches", "prune_scored", "run_prune", "score_importance", "settle_ratios",
+]
+
+
+@dataclass(frozen=True)
+class RatioRequest:
+    """What a user asked to remove: ``ratio`` (fraction of encoder parameters, the ``--ratio`` rule)
+    or both ``heads_ratio`` and ``mlp_ratio`` (fractions of ALL heads / MLP channels); ``protect``:
+    blocks left untouched (None with ``ratio``: the last two, lifted only when R needs them)."""
+
+    ratio: float | None = None
+    heads_ratio: float | None = None
+    mlp_ratio: float | None = None
+    protect: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.heads_ratio is None) != (self.mlp_ratio is None):
+            raise MedcoreError("heads_ratio and mlp_ratio go together", "heads_ratio")
+        if self.ratio is None and self.heads_ratio is None:
+            raise MedcoreError("ratio: give ratio (fraction of encoder parameters) or heads_ratio and mlp_ratio",
+                               "ratio")
+        if self.ratio is not None and self.heads_ratio is not None:
+            raise MedcoreError("ratio: give ratio or heads_ratio and mlp_ratio, not both", "ratio")
 
 
 @dataclass
 class Ratios:
-    """Head / MLP ratios and protected blocks a run uses, and the ``--ratio`` rule behind them."""
+    """Head / MLP ratios and protected blocks a run uses, and the ``ratio`` rule behind them."""
 
     heads_ratio: float
     mlp_ratio: float
@@ -46,28 +72,58 @@ class Ratios:
     rule: RatioRule | None = None
 
 
-def settle_ratios(
-    arch: Sam,
-    ratio: float | None,
-    heads_ratio: float | None,
-    mlp_ratio: float | None,
-    protect: Sequence[int] | None,
-    weights: Sequence[float] | None = None,
-) -> Ratios:
-    """Validate and settle the ratios on an architecture (a meta-device model is enough).
+def settle_ratios(arch: nn.Module, request: RatioRequest, weights: Sequence[float] | None = None) -> Ratios:
+    """Validate ``request`` and turn it into head / MLP ratios on an architecture (a meta-device or a
+    dense model; only its shapes are read).
 
-    Either ``ratio`` (fraction of encoder parameters, the ``--ratio`` rule) or both explicit ratios;
-    ``weights`` are the per-block budget weights when known (they decide how many parameters a ratio
-    removes where group sizes differ per block). Raises ``MedcoreError`` for bad values.
+    ``weights`` are the per-block budget weights when known: where group sizes differ per block
+    (TinyViT stages) they decide how many parameters a ratio removes. Raises ``MedcoreError`` naming
+    the parameter for bad values.
     """
-    adapter, encoder = adapter_for(arch), arch.image_encoder
+    adapter, encoder = adapter_for(arch), image_encoder(arch)
     heads, mlp = adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder)
-    if ratio is None:
-        ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect or [])  # raises on bad values
-        return Ratios(heads_ratio, mlp_ratio, list(protect or []))
+    protect = None if request.protect is None else list(request.protect)
+    if request.ratio is None:
+        ratio_budget(heads, mlp, request.heads_ratio, request.mlp_ratio, protect or [])  # raises on bad values
+        return Ratios(request.heads_ratio, request.mlp_ratio, list(protect or []))
     head_p, chan_p = adapter.group_params(encoder)
-    rule = ratio_rule(ratio, heads, mlp, head_p, chan_p, count_params(encoder), protect, weights)
+    rule = ratio_rule(request.ratio, heads, mlp, head_p, chan_p, count_params(encoder), protect, weights)
     return Ratios(rule.heads_ratio, rule.mlp_ratio, rule.protect, rule)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything a pruning run is asked to do (``medcore-tp prune`` builds one from its flags).
+
+    ``importance``: a name of :mod:`medcore_tp.importance_registry`. ``ratios``: what to remove.
+    ``data``: calibration dataset folders (empty: the built-in synthetic set), ``data_weights`` one
+    per folder (normalised). ``alpha``: MedCore's alpha, ``"auto"`` or a number in [0, 1].
+    ``calib_size``: calibration images per dataset; ``batch_size``: calibration batch size.
+    ``recover_steps``: recovery steps after each cascade stage (0: none), ``recover_batch_size`` per
+    process. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
+    """
+
+    importance: str = "medcore"
+    ratios: RatioRequest = field(default_factory=lambda: RatioRequest(ratio=0.6))
+    data: tuple[str, ...] = ()
+    data_weights: tuple[float, ...] | None = None
+    alpha: str | float = "auto"
+    calib_size: int = 128
+    batch_size: int = 8
+    recover_steps: int = 100
+    recover_batch_size: int = 1
+    seed: int = 0
+    progress: bool = False
+
+    def check(self, arch: nn.Module) -> Ratios:
+        """Validate everything that can be checked on the bare architecture, before any work."""
+        importance_entry(self.importance)
+        if self.data_weights is not None and len(self.data_weights) != max(len(self.data), 1):
+            raise MedcoreError(f"data_weights {','.join(map(str, self.data_weights))}: {len(self.data_weights)} "
+                               f"weights for {len(self.data)} data folders", "data_weights")
+        if not (self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0)):
+            raise MedcoreError(f"alpha {self.alpha}: must be 'auto' or a number in [0, 1]", "alpha")
+        return settle_ratios(arch, self.ratios)
 
 
 @dataclass
@@ -85,18 +141,17 @@ class PruneRun:
 
 
 def calibration_batches(
-    model: Sam, roots: Sequence[str], calib_size: int, batch_size: int, seed: int, log: Callable[[str], None]
+    model: nn.Module, config: PruneConfig, log: Callable[[str], None]
 ) -> tuple[dict[str, list[CalibrationBatch]], dict | None]:
     """Calibration batches per dataset (first training images of each folder) or the synthetic set."""
-    size, low = input_size(model), logit_size(model)
-    if not roots:
-        log(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
-        return {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=low)]}, None
-    sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=low,
-                            resize_mode=resize_mode(model))
+    spec, n = input_spec(model), config.calib_size
+    if not config.data:
+        log(f"calibration: {n} built-in SYNTHETIC images (not medical data); use --data for real ones")
+        return {"synthetic": [synthetic_batch(n, spec, seed=config.seed)]}, None
+    sets = calibration_sets(list(config.data), n, spec, batch_size=config.batch_size)
     for name, used in sets.used.items():
-        if used < calib_size:
-            log(f"note: --calib-size {calib_size}: {name} has {used} training images, using all of them")
+        if used < n:
+            log(f"note: --calib-size {n}: {name} has {used} training images, using all of them")
     return sets.batches, sets.splits
 
 
@@ -104,9 +159,9 @@ def calibration_batches(
 class Scoring:
     """An importance and its calibration, computed once on the dense model and reusable for any ratio.
 
-    :meth:`importance_for` builds the Torch-Pruning importance for a fresh copy of that dense model
-    (MedCore's importance is bound to the encoder it scores; Taylor needs the dense gradients put back
-    on the copy's parameters).
+    :meth:`importance_for` builds the Torch-Pruning importance for that dense model or a fresh copy of
+    it (MedCore's importance is bound to the encoder it scores; Taylor needs the dense gradients put
+    back on the copy's parameters).
     """
 
     name: str
@@ -121,47 +176,41 @@ class Scoring:
     grads: dict[str, torch.Tensor] | None = None
     seconds: float = 0.0
 
-    def importance_for(self, model: Sam):
+    def importance_for(self, model: nn.Module):
         """The importance scoring ``model`` (the dense model or a fresh copy of it)."""
-        if self.name in FISHER_IMPORTANCES:
-            return make_medcore_importance(model, self.stats, self.name, self.data_weights, self.alpha)
-        if self.name == "taylor":
-            for n, p in model.image_encoder.named_parameters():
+        entry = importance_entry(self.name)
+        if entry.needs == "fisher":
+            return make_medcore_importance(model, self.stats, entry.name, self.data_weights, self.alpha)
+        if entry.needs == "gradients":
+            for n, p in image_encoder(model).named_parameters():
                 p.grad = self.grads[n].clone() if n in self.grads else None
-        return make_importance(self.name)
+        return entry.build()
 
 
 def score_importance(
-    model: Sam,
-    importance: str,
-    roots: Sequence[str] = (),
-    source: Sam | None = None,
-    data_weights: Sequence[float] | None = None,
-    alpha: str | float = "auto",
-    calib_size: int = 128,
-    batch_size: int = 8,
-    recover_steps: int = 100,
-    seed: int = 0,
-    progress: bool = False,
+    model: nn.Module,
+    config: PruneConfig,
+    source: nn.Module | None = None,
     log: Callable[[str], None] = print,
 ) -> Scoring:
-    """Calibration statistics of ``importance`` on the dense ``model`` (Fisher, Taylor gradients), and the
-    calibration pool recovery draws from; ``model``'s weights are left as they are."""
+    """Calibration statistics of ``config.importance`` on the dense ``model`` (Fisher, Taylor gradients)
+    and the calibration pool recovery draws from; ``model``'s weights are left as they are."""
     start = time.perf_counter()
+    entry = importance_entry(config.importance)
     batches, splits, pool = None, None, []
-    if importance in CALIBRATED_IMPORTANCES or recover_steps > 0:
-        batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log)
+    if entry.needs_calibration or config.recover_steps > 0:
+        batches, splits = calibration_batches(model, config, log)
         pool = [b for bs in batches.values() for b in bs]
-    scoring = Scoring(importance, pool, splits, alpha=alpha,
-                      data_weights=list(data_weights) if data_weights is not None else None)
-    if importance == "taylor":
+    weights = list(config.data_weights) if config.data_weights is not None else None
+    scoring = Scoring(entry.name, pool, splits, alpha=config.alpha, data_weights=weights)
+    if entry.needs == "gradients":
         seen = accumulate_gradients(model, pool, batch_size=1)
         scoring.calibration = {"datasets": list(batches), "samples": seen}
-        scoring.grads = {n: p.grad.detach().clone() for n, p in model.image_encoder.named_parameters()
+        scoring.grads = {n: p.grad.detach().clone() for n, p in image_encoder(model).named_parameters()
                          if p.grad is not None}
         model.zero_grad(set_to_none=True)
-    elif importance in FISHER_IMPORTANCES:
-        cal = calibrate(model, batches, source=source, weights=data_weights, progress=progress)
+    elif entry.needs == "fisher":
+        cal = calibrate(model, batches, source=source, weights=weights, progress=config.progress)
         scoring.stats = statistics(model, cal)
         imp = scoring.importance_for(model)
         scoring.calibration = {"datasets": list(batches), "samples": cal.samples}
@@ -170,96 +219,66 @@ def score_importance(
             "alpha_per_block": [s.alpha for s in imp.scores],
             "sensitivity_per_block": [s.sensitivity for s in imp.scores],
         }
-        if source is None and importance == "medcore":
+        if source is None and entry.name == "medcore":
             log("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
         scoring.budget_weights = sensitivity_weights(imp)
-    else:
-        make_importance(importance)  # raises for an unknown name
     scoring.seconds = time.perf_counter() - start
     return scoring
 
 
 def prune_scored(
-    model: Sam,
-    arch: Sam,
+    model: nn.Module,
+    config: PruneConfig,
     scoring: Scoring,
-    ratio: float | None,
-    heads_ratio: float | None,
-    mlp_ratio: float | None,
-    protect: Sequence[int] | None,
-    recover_steps: int = 100,
-    recover_batch_size: int = 1,
-    seed: int = 0,
-    progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> PruneRun:
-    """Prune ``model`` (the dense model ``scoring`` was computed on, or a fresh copy) in place under the
-    settled ratios: heads, recovery, MLP channels, recovery."""
-    ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
-    if scoring.budget_weights is not None and ratio is not None:
-        # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation
-        # changes how many parameters a ratio removes: settle the ratios again with those weights.
-        ratios = settle_ratios(arch, ratio, None, None, protect, scoring.budget_weights)
+    """Prune ``model`` (the dense model ``scoring`` was computed on, or a fresh copy of it) in place as
+    ``config`` asks: heads, recovery, MLP channels, recovery. ``config.importance`` must be
+    ``scoring``'s; its calibration settings are not used again."""
+    if config.importance != scoring.name:
+        raise MedcoreError(f"importance {config.importance}: the scoring was computed for {scoring.name}",
+                           "importance")
+    # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation changes
+    # how many parameters a ratio removes, so the ratios are settled with those weights.
+    ratios = settle_ratios(model, config.ratios, scoring.budget_weights)
     imp = scoring.importance_for(model)
-    adapter = adapter_for(arch)
-    budget = ratio_budget(
-        adapter.heads_per_block(arch.image_encoder), adapter.mlp_per_block(arch.image_encoder),
-        ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=scoring.budget_weights,
-    )
+    adapter, encoder = adapter_for(model), image_encoder(model)
+    budget = ratio_budget(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder),
+                          ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=scoring.budget_weights)
     recovery: list[dict] = []
-    pool = scoring.pool
+    steps, rbatch, pool = config.recover_steps, config.recover_batch_size, scoring.pool
 
     def run_stage(stage: str, remove: Callable[[], None]) -> None:
-        teacher = copy.deepcopy(model) if recover_steps > 0 else None
+        teacher = copy.deepcopy(model) if steps > 0 else None
         remove()
         if teacher is not None:
             began = time.perf_counter()
-            curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
-                            progress=progress, description=f"recovery after {stage}", batch_size=recover_batch_size)
-            recovery.append({"stage": stage, "steps": recover_steps, "batch_size": recover_batch_size, "loss": curve,
+            curve = recover(model, teacher, pool, steps=steps, seed=config.seed + len(recovery),
+                            progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch)
+            recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve,
                              "seconds": time.perf_counter() - began})
             log(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
 
-    # Random importance draws from torch's generator: seed it here so that a run's plan depends on
-    # --seed alone, whatever happened in the process before (a sweep prunes many copies in one process).
-    torch.manual_seed(seed)
+    # Random importance draws from torch's generator: seed it here so that a run's plan depends on the
+    # seed alone, whatever happened in the process before (a sweep prunes many copies in one process).
+    torch.manual_seed(config.seed)
     plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
-    rows = scores_table(imp, plan) if scoring.name in FISHER_IMPORTANCES else None
+    rows = scores_table(imp, plan) if importance_entry(scoring.name).needs == "fisher" else None
     return PruneRun(plan=plan, budget=budget, ratios=ratios, calibration=scoring.calibration, splits=scoring.splits,
                     scores_rows=rows, extra=dict(scoring.extra), recovery=recovery)
 
 
 def run_prune(
-    model: Sam,
-    arch: Sam,
-    importance: str,
-    ratio: float | None,
-    heads_ratio: float | None,
-    mlp_ratio: float | None,
-    protect: Sequence[int] | None,
-    roots: Sequence[str] = (),
-    source: Sam | None = None,
-    data_weights: Sequence[float] | None = None,
-    alpha: str | float = "auto",
-    calib_size: int = 128,
-    batch_size: int = 8,
-    recover_steps: int = 100,
-    recover_batch_size: int = 1,
-    seed: int = 0,
-    progress: bool = False,
+    model: nn.Module,
+    config: PruneConfig,
+    source: nn.Module | None = None,
     log: Callable[[str], None] = print,
 ) -> PruneRun:
-    """Prune ``model`` in place by ``importance`` under the settled ratios; see the module docstring.
+    """Prune dense ``model`` in place as ``config`` asks; see the module docstring.
 
-    ``arch`` is the bare architecture (e.g. a meta-device copy) the ratios are settled on.
-    ``recover_batch_size`` is per process (see :func:`medcore_tp.recovery.recover`).
+    ``source``: the model the target was adapted from (SAM for MedSAM), used by ``medcore`` for Dreset
+    and alpha. The ratios are settled once, on the dense model, after calibration when the importance
+    gives budget weights. The same as :func:`score_importance` then :func:`prune_scored`.
     """
-    settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)  # bad ratios fail before calibration
-    scoring = score_importance(model, importance, roots, source, data_weights, alpha, calib_size, batch_size,
-                               recover_steps, seed, progress, log)
-    return prune_scored(model, arch, scoring, ratio, heads_ratio, mlp_ratio, protect, recover_steps,
-                        recover_batch_size, seed, progress, log)
-
-
-__all__ = ["PruneRun", "Ratios", "Scoring", "calibration_batches", "prune_scored", "run_prune", "score_importance",
-           "settle_ratios"]
+    config.check(model)  # bad values fail before any work
+    return prune_scored(model, config, score_importance(model, config, source, log), log)

@@ -41,14 +41,21 @@ from medcore_tp.checkpoint import load_model, load_pruned, save_pruned
 from medcore_tp.data import load_datasets, make_splits, resolve_splits, select_split
 from medcore_tp.errors import MedcoreError
 from medcore_tp.evaluate import evaluate
+from medcore_tp.importance_registry import IMPORTANCE_NAMES
 from medcore_tp.metrics import METRIC_NAMES
 from medcore_tp.models import PACKAGED, build_model
 from medcore_tp.paired import paired_difference
-from medcore_tp.pipeline import FISHER_IMPORTANCES, Scoring, prune_scored, score_importance, settle_ratios
+from medcore_tp.pipeline import (
+    PruneConfig,
+    RatioRequest,
+    Scoring,
+    prune_scored,
+    score_importance,
+    settle_ratios,
+)
 from medcore_tp.profile import profile_model
-from medcore_tp.prune import IMPORTANCE_NAMES
 
-IMPORTANCES: tuple[str, ...] = FISHER_IMPORTANCES + IMPORTANCE_NAMES
+IMPORTANCES: tuple[str, ...] = IMPORTANCE_NAMES
 SETTINGS_FILE = "settings.json"
 POINT_FILE = "point.json"
 DENSE = "dense"
@@ -128,9 +135,9 @@ def check_ratios(arch: Sam, ratios: Sequence[float], protect: Sequence[int] | No
     """Every ratio must be reachable on ``arch``; the error names the ratio and the maximum."""
     for r in ratios:
         try:
-            settle_ratios(arch, r, None, None, protect)
+            settle_ratios(arch, RatioRequest(ratio=r, protect=None if protect is None else tuple(protect)))
         except MedcoreError as exc:
-            raise MedcoreError(str(exc).replace(f"--ratio {r}:", f"--ratios: {r:g} is unreachable, it")) from None
+            raise MedcoreError(str(exc).replace(f"ratio {r}:", f"--ratios: {r:g} is unreachable, it", 1)) from None
 
 
 def check_settings(out: Path, settings: dict[str, Any]) -> bool:
@@ -294,11 +301,8 @@ def run_sweep(
             if imp not in scorings:
                 bar.set_postfix_str(f"calibrating {imp}")
                 hook(name, "calibration")
-                scorings[imp] = score_importance(
-                    dense, imp, config.data, source=source if imp == "medcore" else None,
-                    calib_size=config.calib_size, batch_size=config.batch_size,
-                    recover_steps=config.recover_steps, seed=config.seed, log=say,
-                )
+                scorings[imp] = score_importance(dense, _prune_config(config, imp, ratio),
+                                                 source=source if imp == "medcore" else None, log=say)
             _pruned_point(config, dense, dense_profile, scorings[imp], imp, ratio, out / name, splits_path,
                           hook, lambda stage: bar.set_postfix_str(stage), say)
             result.computed.append(name)
@@ -309,6 +313,16 @@ def run_sweep(
     rows, comparisons = _write_outputs(config, out)
     result.rows, result.comparisons = rows, comparisons
     return result
+
+
+def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneConfig:
+    """The ``prune`` settings of one point (what ``medcore-tp prune`` with the same flags would use)."""
+    return PruneConfig(
+        importance=importance,
+        ratios=RatioRequest(ratio=ratio, protect=None if config.protect is None else tuple(config.protect)),
+        data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
+        recover_steps=config.recover_steps, seed=config.seed,
+    )
 
 
 def _timed(seconds: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
@@ -356,9 +370,8 @@ def _pruned_point(config: SweepConfig, dense: Sam, dense_profile, scoring: Scori
     hook(name, "prune")
     stage("prune + recovery")
     model = copy.deepcopy(dense)
-    run = _timed(seconds, "prune", lambda: prune_scored(
-        model, dense, scoring, ratio, None, None, config.protect, recover_steps=config.recover_steps,
-        seed=config.seed, log=lambda _m: None))
+    run = _timed(seconds, "prune", lambda: prune_scored(model, _prune_config(config, imp, ratio), scoring,
+                                                         log=lambda _m: None))
     seconds["recovery"] = sum(r.get("seconds", 0.0) for r in run.recovery)
     seconds["prune"] -= seconds["recovery"]
     finetune_record = None

@@ -83,8 +83,9 @@ def test_leverage_on_tiny_recomputes_from_the_grid(tiny_setup):
     assert [r["kind"] for r in res.steps] == ["head", "head", "mlp", "mlp"]
     grid = {(g.heads_ratio, g.mlp_ratio): g for g in res.grid}
     from medcore_tp.data import SegmentationDataset, discover
+    from medcore_tp.models import input_spec
 
-    ds = SegmentationDataset(discover(data), 128, box_jitter=5, low_size=32)
+    ds = SegmentationDataset(discover(data), input_spec(model), box_jitter=5)
     gts = [ds[i]["mask_low"].numpy() for i in range(len(ds))]
     step = res.steps[2]  # MLP 0.3 -> 0.6 at heads 0.25
     a, b = grid[(0.25, 0.3)], grid[(0.25, 0.6)]

@@ -9,7 +9,7 @@ from medcore_tp.cli import main
 from medcore_tp.cli._common import parse_device, parse_int_list, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.leverage import PAPER_BLR95, LeverageConfig, run_leverage
-from medcore_tp.models import MODEL_NAMES, PACKAGED
+from medcore_tp.models import MODEL_NAMES, default_weights
 from medcore_tp.sweep import IMPORTANCES
 
 
@@ -44,9 +44,9 @@ def leverage(model_name, checkpoint, data, split, images, head_ratios, mlp_ratio
              protect_blocks, resamples, device, seed, no_progress, out_dir) -> None:
     """Per grid step (no recovery) the near-boundary logit change per unit slope and % parameters; BLR95."""
     if checkpoint is None:
-        if model_name != "lite-medsam":
+        checkpoint = default_weights(model_name)
+        if checkpoint is None:
             raise MedcoreError(f"--checkpoint: required for --model {model_name} (no packaged weights)")
-        checkpoint = PACKAGED
     config = LeverageConfig(
         model=model_name, data=[p.strip() for p in data.split(",") if p.strip()],
         head_ratios=_floats("--head-ratios", head_ratios), mlp_ratios=_floats("--mlp-ratios", mlp_ratios),

@@ -7,10 +7,8 @@ import click
 from medcore_tp.cli import main
 from medcore_tp.cli._common import parse_device, parse_int_list, table
 from medcore_tp.errors import MedcoreError
-from medcore_tp.models import MODEL_NAMES, PACKAGED
+from medcore_tp.models import MODEL_NAMES, default_weights
 from medcore_tp.sweep import SweepConfig, run_sweep
-
-PACKAGED_MODELS = ("lite-medsam",)
 
 
 def _floats(option: str, text: str) -> list[float]:
@@ -58,9 +56,9 @@ def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eva
     """Prune at every ratio with every importance from the same dense model; write sweep.csv, sweep.json,
     comparisons.csv and pareto.png. A rerun with the same --out finishes an interrupted sweep."""
     if checkpoint is None:
-        if model_name not in PACKAGED_MODELS:
+        checkpoint = default_weights(model_name)
+        if checkpoint is None:
             raise MedcoreError(f"--checkpoint: required for --model {model_name} (no packaged weights)")
-        checkpoint = PACKAGED
     config = SweepConfig(
         model=model_name, checkpoint=checkpoint, source_checkpoint=source_checkpoint, data=_folders(data) or [],
         eval_data=_folders(eval_data), split=split, eval_images=eval_images, ratios=_floats("--ratios", ratios),
