@@ -165,7 +165,7 @@ def evaluate(
     size, mode = input_size(model), mode or resize_mode(model)
     dataset = SegmentationDataset(samples, size, box_mode="deterministic", box_jitter=box_jitter,
                                   seed=seed, skip_bad=skip_bad, resize=resize, resize_mode=mode)
-    device = next(model.parameters()).device
+    device = model.device if not isinstance(model, torch.nn.Module) else next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate, pin_memory=device.type == "cuda")
     was_training = model.training

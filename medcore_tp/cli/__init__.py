@@ -25,7 +25,7 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that each command lives in its own module and the group stays tiny.
-    from medcore_tp.cli import evaluate, finetune, info, prune  # noqa: F401
+    from medcore_tp.cli import bench, evaluate, export, finetune, info, prune  # noqa: F401
 
 
 _register()

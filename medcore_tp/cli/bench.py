@@ -1,0 +1,1 @@
+"""``medcore-tp bench`` (placeholder until written)."""
