@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from segment_anything.modeling import Sam
 
 from medcore_tp.arch import adapter_for
-from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule
+from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule, round_mlp_budget
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.graph import Plan
 from medcore_tp.inference import input_size, logit_size, resize_mode
@@ -117,6 +117,7 @@ def run_prune(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    round_to: int = 1,
 ) -> PruneRun:
     """Prune ``model`` in place by ``importance`` under the settled ratios; see the module docstring.
 
@@ -156,6 +157,11 @@ def run_prune(
         adapter.heads_per_block(arch.image_encoder), adapter.mlp_per_block(arch.image_encoder),
         ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=budget_weights,
     )
+    if round_to > 1:
+        asked = budget.total_mlp
+        budget = round_mlp_budget(budget, adapter.mlp_per_block(arch.image_encoder), round_to)
+        log(f"--round-to {round_to}: MLP widths kept at multiples of {round_to}, removing {budget.total_mlp} "
+            f"MLP channels instead of {asked}")
     recovery: list[dict] = []
 
     def run_stage(stage: str, remove: Callable[[], None]) -> None:
