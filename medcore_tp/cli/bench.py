@@ -31,7 +31,9 @@ def _machine(device: torch.device) -> dict:
 
     info = {"host": socket.gethostname(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
+            # other jobs on the same cores slow both models; the ratios hold better than the seconds
+            "load_average_1_5_15": list(os.getloadavg())}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
