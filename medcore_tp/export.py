@@ -36,8 +36,9 @@ from torch import nn
 from medcore_tp.atomic import atomic_write
 from medcore_tp.checkpoint import FORMAT_VERSION, arch_record
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import input_size, resize_mode
+from medcore_tp.inference import input_size
 from medcore_tp.models.loading import PRUNED_FORMAT
+from medcore_tp.models.spec import input_spec
 
 FORMATS = ("onnx", "pt2", "safetensors")
 ONNX_FORMAT = "medcore-tp-onnx"
@@ -119,8 +120,10 @@ def _example(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tens
 
 
 def _record(model: nn.Module, name: str, part: str, pruned: bool, decoder: Path | None) -> dict[str, Any]:
+    spec = input_spec(model)
     return {"format": ONNX_FORMAT, "version": FORMAT_VERSION, "part": part, "model": name, "pruned": pruned,
-            "arch": arch_record(model, name), "input_size": input_size(model), "resize_mode": resize_mode(model),
+            "arch": arch_record(model, name), "input_size": spec.input_size, "logit_size": spec.logit_size,
+            "resize_mode": spec.resize_mode, "normalisation": spec.normalisation,
             "decoder": decoder.name if decoder is not None else None}
 
 

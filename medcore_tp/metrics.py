@@ -1,4 +1,4 @@
-"""Segmentation metrics on 2-D boolean masks, with the conventions of METHOD.md ("Metrics").
+"""Segmentation metrics on 2-D boolean masks, with the conventions of docs/method.md ("Metrics").
 
 Every function takes ``pred`` and ``gt`` as 2-D arrays of the same shape (anything that is not
 ``bool`` is read as ``!= 0``) and returns a Python float. Distances and tolerances are in pixels
@@ -31,7 +31,6 @@ from scipy.spatial import cKDTree
 __all__ = [
     "METRIC_NAMES",
     "all_metrics",
-    "boundary_band",
     "boundary_f1",
     "dice",
     "hausdorff",
@@ -39,6 +38,7 @@ __all__ = [
     "inner_surface",
     "iou",
     "nsd",
+    "tolerance_band",
 ]
 
 METRIC_NAMES = ("dice", "iou", "boundary_f1", "hd95", "nsd")
@@ -98,8 +98,9 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return int(np.count_nonzero(pred & gt)) / union
 
 
-def boundary_band(mask: np.ndarray, tolerance: int = 2) -> np.ndarray:
-    """The boundary band used by Boundary F1: dilate(m) and not erode(m).
+def tolerance_band(mask: np.ndarray, tolerance: int = 2) -> np.ndarray:
+    """The band Boundary F1 compares: dilate(m) and not erode(m) (not the loss band
+    ``medcore_tp.losses.morphological_band``, which is 3x3 and on torch tensors).
 
     Both operations use a (2*tolerance+1)-pixel square (5x5 for the default tolerance 2), so the
     band holds every pixel within ``tolerance`` (chessboard distance) of the object's edge, on both
@@ -108,6 +109,9 @@ def boundary_band(mask: np.ndarray, tolerance: int = 2) -> np.ndarray:
     tolerance = _check_tolerance(tolerance)
     mask = np.asarray(mask, dtype=bool)
     return _dilate(mask, tolerance) & ~_erode(mask, tolerance)
+
+
+boundary_band = tolerance_band  # the name this band had before; kept for existing imports
 
 
 # Square morphology as separable max/min filters: the same result as binary_dilation/erosion with
@@ -129,9 +133,9 @@ def _empty_case(pred: np.ndarray, gt: np.ndarray, both: float, one: float) -> fl
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
-    """Boundary F1 at ``tolerance`` pixels (METHOD.md), in [0, 1].
+    """Boundary F1 at ``tolerance`` pixels (docs/method.md), in [0, 1].
 
-    Bp, Bg are the boundary bands of :func:`boundary_band` (5x5 square morphology for tolerance 2).
+    Bp, Bg are the boundary bands of :func:`tolerance_band` (5x5 square morphology for tolerance 2).
     Precision = |Bp ∧ dilate(Bg)| / |Bp|, recall = |Bg ∧ dilate(Bp)| / |Bg|, dilations with the same
     (2*tolerance+1) square; F1 = 2PR / (P + R), and 0.0 when P + R = 0.
     Both masks empty -> 1.0; exactly one empty -> 0.0.
@@ -142,8 +146,8 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
     if empty is not None:
         return empty
     pred, gt = _crop(pred, gt, 2 * tolerance + 2)
-    band_p = boundary_band(pred, tolerance)
-    band_g = boundary_band(gt, tolerance)
+    band_p = tolerance_band(pred, tolerance)
+    band_g = tolerance_band(gt, tolerance)
     precision = np.count_nonzero(band_p & _dilate(band_g, tolerance)) / np.count_nonzero(band_p)
     recall = np.count_nonzero(band_g & _dilate(band_p, tolerance)) / np.count_nonzero(band_g)
     if precision + recall == 0:
@@ -154,7 +158,7 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
 def inner_surface(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
     """Mask pixels that touch the background: m and not erode(m).
 
-    ``connectivity=2`` erodes with a 3x3 square (METHOD.md: a pixel is on the surface when any of
+    ``connectivity=2`` erodes with a 3x3 square (docs/method.md: a pixel is on the surface when any of
     its 8 neighbours is background); ``connectivity=1`` erodes with a cross (4 neighbours), which
     is what MONAI's ``get_mask_edges`` (scipy's default structure) does.
     """
@@ -212,7 +216,7 @@ def hausdorff(
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray, empty_distance: float | None = None, connectivity: int = 2) -> float:
-    """95th-percentile Hausdorff distance in pixels (METHOD.md); see :func:`hausdorff`.
+    """95th-percentile Hausdorff distance in pixels (docs/method.md); see :func:`hausdorff`.
 
     Inner surfaces m and not erode3x3(m), Euclidean distance transform, larger of the two directed
     95th percentiles. Both masks empty -> 0.0; exactly one empty -> ``empty_distance`` (default: the

@@ -18,6 +18,7 @@ import torch
 
 from medcore_tp.errors import MedcoreError
 from medcore_tp.export import read_onnx_record
+from medcore_tp.preprocessing import InputSpec
 
 __all__ = ["OnnxSam", "load_onnx_model", "ort_session"]
 
@@ -61,7 +62,8 @@ class OnnxSam:
         self.encoder = ort_session(encoder_file, threads, device)
         self.decoder = ort_session(decoder_file, threads, device)
         self.image_encoder = SimpleNamespace(img_size=int(record["input_size"]))
-        self.medcore_resize_mode = record["resize_mode"]
+        self.medcore_input_spec = InputSpec(int(record["input_size"]), int(record["logit_size"]),
+                                            record["resize_mode"], record["normalisation"])
         self.device = torch.device("cpu")  # inputs and outputs live on the host
 
     def eval(self) -> OnnxSam:
@@ -96,7 +98,7 @@ def load_onnx_model(name: str, checkpoint: str | None, random_init: bool = False
     returns (model, architecture record when the export is of a pruned model, else None)."""
     from medcore_tp.models import model_config
 
-    if random_init or checkpoint is None:
+    if random_init or checkpoint is None or not str(checkpoint).endswith(".onnx") and not os.path.isfile(checkpoint):
         raise MedcoreError("--backend onnxruntime needs --checkpoint MODEL.onnx (written by medcore-tp export)")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise MedcoreError(f"--device {device}: onnxruntime runs on cpu or cuda")
@@ -106,5 +108,5 @@ def load_onnx_model(name: str, checkpoint: str | None, random_init: bool = False
     base = model.record.get("model")
     if base is None or model_config(base) != model_config(name):
         raise MedcoreError(f"--checkpoint {checkpoint}: was exported from {base}, which is not the architecture "
-                           f"of --model {name}")
+                           f"of model {name}")
     return model, (model.record["arch"] if model.record.get("pruned") else None)

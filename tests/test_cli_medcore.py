@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,10 @@ from click.testing import CliRunner
 
 from medcore_tp import build_model
 from medcore_tp.cli import main
+from medcore_tp.paths import data_root
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (SHARED / "kvasir-seg-256").is_dir(), reason="../shared/data is not on this machine")
+SHARED = data_root()  # $MEDCORE_DATA, else ../shared/data
+needs_data = pytest.mark.needs_data("kvasir-seg-256", "cvc-clinicdb-256")
 
 
 def run(*args):

@@ -132,7 +132,7 @@ def test_safetensors_round_trip(exported, tmp_path):
     torch.testing.assert_close(predict_logits(back, x, box), predict_logits(model, x, box), rtol=0, atol=0)
     assert load_model(name, path)[1]["mlp_per_block"] == PRUNED_SHAPES[name][1]  # evaluate/bench read it too
     other = "lite-tiny" if name == "tiny" else "tiny"
-    with pytest.raises(MedcoreError, match=f"was pruned from {name}, which is not the architecture of --model {other}"):
+    with pytest.raises(MedcoreError, match=f"was pruned from {name}, which is not the architecture of model {other}"):
         load_model(other, path)
 
 
@@ -164,7 +164,7 @@ def test_export_checkpoint_not_matching_model(tmp_path, exported):
     name, _, pth, _ = exported
     other = "lite-tiny" if name == "tiny" else "tiny"
     res = run("export", "--model", other, "--checkpoint", pth, "--format", "onnx", "--out", tmp_path / "x.onnx")
-    assert f"was pruned from {name}, which is not the architecture of --model {other}" in _error_line(res)
+    assert f"was pruned from {name}, which is not the architecture of model {other}" in _error_line(res)
     assert not (tmp_path / "x.onnx").exists()
 
 

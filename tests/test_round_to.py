@@ -20,7 +20,7 @@ def test_round_mlp_budget_keeps_multiples():
     assert out.heads == budget.heads
     assert round_mlp_budget(budget, [3072] * 3, 1) == budget
     assert round_mlp_budget(Budget([0], [250]), [256], 64).mlp == [192]  # never below one multiple
-    with pytest.raises(MedcoreError, match="--round-to 0"):
+    with pytest.raises(MedcoreError, match="round_to 0"):
         round_mlp_budget(budget, [3072] * 3, 0)
 
 

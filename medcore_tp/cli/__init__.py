@@ -14,7 +14,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MedcoreError as exc:
-            raise click.UsageError(str(exc)) from None
+            from medcore_tp.cli._common import PARAM_FLAGS
+
+            raise click.UsageError(exc.with_flags(PARAM_FLAGS)) from None
 
 
 @click.group(cls=_Group)

@@ -108,5 +108,8 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     writer.writerows(data)
     save_text(buf.getvalue(), os.path.join(out_dir, stem + ".csv"))
     save_json(record_out, os.path.join(out_dir, stem + ".json"))
-    plot(rows, os.path.join(out_dir, stem + ".png"), f"{model_name} dense vs pruned on {dev}")
-    click.echo(f"wrote {stem}.csv, {stem}.json and {stem}.png to {out_dir}")
+    try:
+        plot(rows, os.path.join(out_dir, stem + ".png"), f"{model_name} dense vs pruned on {dev}")
+        click.echo(f"wrote {stem}.csv, {stem}.json and {stem}.png to {out_dir}")
+    except ImportError:
+        click.echo(f"wrote {stem}.csv and {stem}.json to {out_dir} (no plot: pip install medcore-tp[bench])")

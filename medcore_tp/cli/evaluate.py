@@ -7,10 +7,12 @@ import torch
 
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
-from medcore_tp.cli._common import model_option, parse_device, table
+from medcore_tp.cli._common import choose_weights, model_option, parse_device, table
 from medcore_tp.errors import MedcoreError
+from medcore_tp.evaluate import EvalConfig
 from medcore_tp.evaluate import evaluate as run_evaluation
 from medcore_tp.metrics import METRIC_NAMES
+from medcore_tp.models import PACKAGED
 
 
 def _fmt(value: float | None) -> str:
@@ -19,7 +21,8 @@ def _fmt(value: float | None) -> str:
 
 @main.command("evaluate")
 @model_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Dense or medcore-tp pruned checkpoint.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Dense or medcore-tp pruned checkpoint [default: the model's packaged weights (lite-medsam)].")
 @click.option("--random-init", is_flag=True, help="Evaluate random weights (smoke tests, timing).")
 @click.option("--data", "data", required=True, help="Dataset folder(s) with images/ and masks/, comma-separated.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
@@ -30,7 +33,7 @@ def _fmt(value: float | None) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/evaluate", show_default=True,
               help="Folder for per_image.csv, summary.json (and splits.json).")
 @click.option("--resolution", type=click.Choice(["input", "original"]), default="input", show_default=True,
-              help="Compare masks at the model's input size (METHOD.md) or at each image's own size.")
+              help="Compare masks at the model's input size (docs/method.md) or at each image's own size.")
 @click.option("--resize-mode", type=click.Choice(["auto", "square", "longest-side"]), default="auto", show_default=True,
               help="Fit images into the input: the model's own (auto: square for SAM/MedSAM, longest-side "
                    "padded for LiteMedSAM), square (stretched) or longest-side (aspect kept, zero-padded).")
@@ -48,12 +51,15 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
              batch_size: int, workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool,
              backend: str) -> None:
     """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
-    if (checkpoint is None) == (not random_init):
-        raise MedcoreError("give exactly one of --checkpoint PATH and --random-init")
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
+    config = EvalConfig(split=split, splits_path=splits_file, box_jitter=box_jitter, seed=seed, batch_size=batch_size,
+                        num_workers=workers, skip_bad=skip_bad, resolution=resolution,
+                        resize_mode=None if resize_mode == "auto" else resize_mode)
+    config.check()
     data_dirs = [part.strip() for part in data.split(",") if part.strip()]
     if not data_dirs:
         raise MedcoreError("--data: no folder given")
-    if random_init:
+    if checkpoint is None:
         torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
     if backend == "onnxruntime":
         from medcore_tp.runtime import load_onnx_model
@@ -63,15 +69,13 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
         model, record = load_model(model_name, checkpoint)
         model.to(parse_device(device))
     info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None, "backend": backend}
-    result = run_evaluation(model, data_dirs, split=split, splits_path=splits_file, out_dir=out_dir,
-                            box_jitter=box_jitter, seed=seed, batch_size=batch_size, num_workers=workers,
-                            skip_bad=skip_bad, resolution=resolution,
-                            mode=None if resize_mode == "auto" else resize_mode, progress=not no_progress, model_info=info)
+    result = run_evaluation(model, data_dirs, config, out_dir=out_dir, progress=not no_progress, model_info=info)
     summary = result.summary
     rows = [(name, d["n"], d["skipped"], *(_fmt(d[m]) for m in METRIC_NAMES)) for name, d in summary["datasets"].items()]
     macro = summary["macro"]
     rows.append(("macro", summary["n_images"], summary["n_skipped"], *(_fmt(macro[m]) for m in METRIC_NAMES)))
-    kind = "pruned" if record else ("random init" if random_init else "dense")
+    kind = "pruned" if record else ("random init" if checkpoint is None else
+                                    "packaged weights" if checkpoint == PACKAGED else "dense")
     scope = "all images" if split == "all" else f"{split} split"
     click.echo(f"{model_name} ({kind}, {backend}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
                f"resize, metrics at {resolution} resolution")

@@ -10,15 +10,12 @@ import torch
 
 from medcore_tp.checkpoint import load_model, load_pruned
 from medcore_tp.cli import main
-from medcore_tp.cli._common import model_option
+from medcore_tp.cli._common import choose_weights, model_option
 from medcore_tp.data import fitted_size, preprocess_image, read_image
 from medcore_tp.errors import MedcoreError
 from medcore_tp.export import FORMATS, BoxDecoder, check_onnx, export, exportable
 from medcore_tp.inference import input_size, resize_mode
-from medcore_tp.models import PACKAGED
 from medcore_tp.synthetic import synthetic_pairs
-
-PACKAGED_MODELS = ("lite-medsam",)
 
 
 def _check_input(model, image_path: str | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -57,10 +54,7 @@ def export_command(model_name: str, checkpoint: str | None, random_init: bool, f
     suffix = "." + fmt
     if Path(out).suffix != suffix:
         raise MedcoreError(f"--out {out}: a {fmt} export needs a file name ending in {suffix}")
-    if checkpoint is None and not random_init and model_name in PACKAGED_MODELS:
-        checkpoint = PACKAGED
-    if (checkpoint is None) == (not random_init):
-        raise MedcoreError("give exactly one of --checkpoint PATH and --random-init")
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
     if random_init:
         torch.manual_seed(0)
     model, record = load_model(model_name, checkpoint)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 import click
+import torch
 
 from medcore_tp.atomic import save_json
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
-from medcore_tp.cli._common import model_option, parse_device
+from medcore_tp.cli._common import choose_weights, model_option, parse_device
 from medcore_tp.data import load_datasets, resolve_splits, select_split
 from medcore_tp.distributed import barrier, init_from_env, is_main, world_size
 from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
@@ -17,7 +18,9 @@ from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
 
 @main.command("finetune")
 @model_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="Dense or pruned checkpoint.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Dense or pruned checkpoint [default: the model's packaged weights (lite-medsam)].")
+@click.option("--random-init", is_flag=True, help="Fine-tune from random weights (must be asked for).")
 @click.option("--data", required=True, help="Dataset folder(s), comma-separated (train and val splits are used).")
 @click.option("--splits", type=click.Path(dir_okay=False), default=None,
               help="splits.json to reuse (default: OUT/splits.json, created if missing).")
@@ -30,12 +33,13 @@ from medcore_tp.finetune import BEST_FILE, CURVES_FILE, FinetuneConfig, finetune
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/state.pth.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/finetune", show_default=True)
-def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, patience, device, seed, resume,
+def finetune_cmd(model_name, checkpoint, random_init, data, splits, epochs, batch_size, lr, patience, device, seed, resume,
                  no_progress, out_dir) -> None:
     """Train encoder and mask decoder (prompt encoder frozen); keeps the best validation checkpoint.
 
     Runs under ``torchrun --nproc_per_node N`` as well: --batch-size is per process.
     """
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
     dev = init_from_env(parse_device(device))
     datasets = load_datasets([r for r in data.split(",") if r])
     splits_path = splits or os.path.join(out_dir, "splits.json")
@@ -46,6 +50,7 @@ def finetune_cmd(model_name, checkpoint, data, splits, epochs, batch_size, lr, p
         doc = resolve_splits(datasets, splits_path)
     train = [s for v in select_split(datasets, doc, "train").values() for s in v]
     val = [s for v in select_split(datasets, doc, "val").values() for s in v]
+    torch.manual_seed(seed)  # random weights (--random-init) are the same on every rank
     model, record = load_model(model_name, checkpoint)
     model = model.to(dev)
     config = FinetuneConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)

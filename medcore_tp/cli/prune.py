@@ -13,17 +13,15 @@ import torch
 from medcore_tp.atomic import save_json, save_text
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
-from medcore_tp.cli._common import parse_device, parse_int_list, table
+from medcore_tp.cli._common import choose_weights, parse_device, parse_int_list, table
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.models import MODEL_NAMES, PACKAGED, build_model
-from medcore_tp.pipeline import run_prune, settle_ratios
+from medcore_tp.importance_registry import IMPORTANCE_NAMES
+from medcore_tp.models import MODEL_NAMES, build_model
+from medcore_tp.pipeline import PruneConfig, RatioRequest, run_prune
 from medcore_tp.profile import profile_model
 from medcore_tp.prune import summary
 from medcore_tp.report import snapshot
-
-IMPORTANCES = ("medcore", "boundary-fisher", "magnitude", "taylor", "random")
-PACKAGED_MODELS = ("lite-medsam",)  # models whose trained weights ship with a package
 
 
 def _float_list(option: str, text: str | None) -> list[float] | None:
@@ -45,7 +43,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--data", "data", default=None, help="Calibration dataset folder(s), comma-separated.")
 @click.option("--data-weights", default=None, help="Weights of the datasets, e.g. 0.2,0.3,0.5 (normalised).")
 @click.option("--ratio", type=float, default=None, help="Fraction of encoder parameters to remove (0.6 = paper).")
-@click.option("--importance", type=click.Choice(IMPORTANCES), default="medcore", show_default=True)
+@click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="medcore", show_default=True)
 @click.option("--heads-ratio", type=float, default=None, help="Override: fraction of ALL heads to remove.")
 @click.option("--mlp-ratio", type=float, default=None, help="Override: fraction of ALL MLP channels to remove.")
 @click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
@@ -76,29 +74,34 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
     set and reports parameters, FLOPs, latency and boundary quality before and after.
     """
-    if checkpoint is None and not random_init and model_name in PACKAGED_MODELS:
-        checkpoint = PACKAGED
-    if (checkpoint is None) == (not random_init):
-        raise click.UsageError("give either --checkpoint PATH or --random-init (pruning random weights must be asked for)")
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
     quick = not data  # the built-in default: small calibration, short recovery, a report
-    calib_size = calib_size if calib_size is not None else (8 if quick else 128)
-    recover_steps = recover_steps if recover_steps is not None else (QUICK_RECOVER_STEPS if quick else 100)
     report = quick if report is None else report
-    alpha_value = _parse_alpha(alpha)
-    weights = _float_list("--data-weights", data_weights)
-    protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
     if (heads_ratio is None) != (mlp_ratio is None):
         raise click.UsageError("--heads-ratio and --mlp-ratio go together")
     if heads_ratio is not None:
         ratio = None  # explicit ratios override the --ratio rule
     elif ratio is None:
         raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
-    arch = build_model(model_name, device="meta")
-    settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)  # bad ratios fail before any work
+    protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
+    weights = _float_list("--data-weights", data_weights)
+    config = PruneConfig(
+        importance=importance,
+        ratios=RatioRequest(ratio, heads_ratio, mlp_ratio, None if protect is None else tuple(protect)),
+        data=tuple(r for r in (data or "").split(",") if r),
+        data_weights=None if weights is None else tuple(weights),
+        alpha=_parse_alpha(alpha),
+        calib_size=calib_size if calib_size is not None else (8 if quick else 128),
+        batch_size=batch_size,
+        recover_steps=recover_steps if recover_steps is not None else (QUICK_RECOVER_STEPS if quick else 100),
+        recover_batch_size=recover_batch_size,
+        seed=seed,
+        progress=not no_progress,
+        round_to=round_to,
+    )
+    config.check(build_model(model_name, device="meta"))  # bad values fail before any work
     dev = init_from_env(parse_device(device))
-    roots = [r for r in (data or "").split(",") if r]
-    if weights is not None and len(weights) != max(len(roots), 1):
-        raise MedcoreError(f"--data-weights {data_weights}: {len(weights)} weights for {len(roots)} data folders")
+    roots = list(config.data)
 
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -114,12 +117,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
     before = profile_model(model)
     shown_before = snapshot(model, roots or None, progress=not no_progress) if report else None
-    run = run_prune(
-        model, arch, importance, ratio, heads_ratio, mlp_ratio, protect, roots=roots, source=source,
-        data_weights=weights, alpha=alpha_value, calib_size=calib_size, batch_size=batch_size,
-        recover_steps=recover_steps, recover_batch_size=recover_batch_size, seed=seed, progress=not no_progress,
-        log=click.echo if is_main() else _quiet, round_to=round_to,
-    )
+    run = run_prune(model, config, source=source, log=click.echo if is_main() else _quiet)
     after = profile_model(model)
     extra = dict(run.extra)
     if report:
@@ -168,7 +166,7 @@ def _parse_alpha(alpha: str) -> str | float:
     except ValueError:
         value = -1.0
     if not 0.0 <= value <= 1.0:
-        raise MedcoreError(f"--alpha {alpha}: must be 'auto' or a number in [0, 1]")
+        raise MedcoreError(f"alpha {alpha}: must be 'auto' or a number in [0, 1]", "alpha")
     return value
 
 
