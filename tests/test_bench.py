@@ -40,6 +40,7 @@ def pruned_tiny(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_bench_writes_table_csv_json_png(pruned_tiny, tmp_path):
     res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,sdpa,onnxruntime",
               "--batch", "1,2", "--repeats", 2, "--warmup", 0, "--out", tmp_path)

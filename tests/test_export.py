@@ -20,11 +20,11 @@ from medcore_tp.evaluate import evaluate
 from medcore_tp.export import BoxDecoder, check_onnx, export, read_onnx_record
 from medcore_tp.inference import decode_logits, predict_logits
 from medcore_tp.models import build_model
+from medcore_tp.paths import data_dir
 from medcore_tp.runtime import OnnxSam
 from medcore_tp.synthetic import write_synthetic_dataset
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-KVASIR = SHARED / "kvasir-seg" / "images"
+KVASIR = data_dir("kvasir-seg") / "images"  # a real image for the checks when the data is here
 PRUNED_SHAPES = {"tiny": ([2, 3, 1, 4], [100, 256, 30, 256]), "lite-tiny": ([1, 1, 2], [40, 96, 150])}
 
 
@@ -100,6 +100,7 @@ def test_onnx_dynamic_batch_matches_image_by_image_decoding(exported):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_through_onnxruntime_gives_the_same_metrics(exported, tmp_path):
     name, model, _, files = exported
     data = write_synthetic_dataset(tmp_path / "synth", n=3, size=96, seed=1)
@@ -136,6 +137,7 @@ def test_safetensors_round_trip(exported, tmp_path):
         load_model(other, path)
 
 
+@pytest.mark.slow
 def test_pt2_export_through_the_command(tmp_path):
     pth = tmp_path / "pruned.pth"
     save_pruned(_pruned("tiny"), pth, base="tiny")

@@ -9,6 +9,7 @@ import torch
 from segment_anything.modeling.image_encoder import Attention
 
 from medcore_tp.arch import sam_vit
+from medcore_tp.arch.sam_vit_tp import PrunableAttention
 from medcore_tp.errors import MedcoreError
 from medcore_tp.fast_attention import SdpaAttention, use_sdpa, uses_sdpa
 from medcore_tp.models import build_model
@@ -70,7 +71,7 @@ def test_prunable_attention_converts_and_prunes_after_sdpa(tiny_model, tiny_inpu
     with torch.no_grad():
         before = tiny_model.image_encoder(tiny_input)
     sam_vit.prepare(tiny_model.image_encoder)
-    assert isinstance(tiny_model.image_encoder.blocks[0].attn, sam_vit.PrunableAttention)
+    assert isinstance(tiny_model.image_encoder.blocks[0].attn, PrunableAttention)
     with torch.no_grad():
         torch.testing.assert_close(tiny_model.image_encoder(tiny_input), before, rtol=1e-5, atol=1e-5)
 
