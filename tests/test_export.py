@@ -3,8 +3,6 @@ load_pruned == original, torch.export programs, evaluate through ONNX Runtime, a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
