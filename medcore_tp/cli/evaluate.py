@@ -77,7 +77,7 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     kind = "pruned" if record else ("random init" if checkpoint is None else
                                     "packaged weights" if checkpoint == PACKAGED else "dense")
     scope = "all images" if split == "all" else f"{split} split"
-    click.echo(f"{model_name} ({kind}, {backend}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
+    click.echo(f"{model_name} ({kind}{', onnxruntime' if backend == 'onnxruntime' else ''}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
                f"resize, metrics at {resolution} resolution")
     click.echo(table(rows, ("dataset", "images", "skipped", "dice", "iou", "bf1", "hd95 px", "nsd")))
     for bad in summary["skipped"]:
