@@ -240,3 +240,24 @@ def ratio_rule(
             rh, rm, f = min((frac(lo), frac(hi)), key=lambda t: abs(t[2] - ratio))
         return RatioRule(heads_ratio=rh, mlp_ratio=rm, protect=option, removed_fraction=f)
     raise AssertionError("unreachable")
+
+
+def round_mlp_budget(budget: Budget, mlp: Sequence[int], round_to: int) -> Budget:
+    """The budget with each pruned block's kept MLP width moved to the nearest multiple of ``round_to``
+    (at least ``round_to``, never above the block's width), as Torch-Pruning's ``round_to`` does, so
+    pruned GEMMs keep hardware-friendly sizes. Blocks the budget leaves alone stay as they are.
+    """
+    if round_to < 1:
+        raise MedcoreError(f"round_to {round_to}: must be >= 1", "round_to")
+    if round_to == 1:
+        return budget
+    removed = []
+    for width, gone in zip(mlp, budget.mlp, strict=True):
+        if gone == 0:
+            removed.append(0)
+            continue
+        kept = max(round_to, round((width - gone) / round_to) * round_to)
+        if kept > width:
+            kept = max(round_to, width // round_to * round_to) if width >= round_to else width
+        removed.append(width - kept)
+    return Budget(heads=list(budget.heads), mlp=removed)

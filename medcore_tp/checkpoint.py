@@ -44,9 +44,43 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, base: str) -> None:
     )
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file (an 8-byte header length, then a JSON header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """A safetensors file written by ``medcore-tp export --format safetensors``, in the pruned
+    checkpoint's layout (``format``, ``version``, ``arch``, ``state_dict``)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        arch = json.loads(meta["arch"]) if "arch" in meta else None
+    except Exception as exc:  # safetensors raises its own error types on damaged files
+        raise MedcoreError(f"checkpoint {path}: not a readable safetensors file ({str(exc)[:120]})") from None
+    if meta.get("format") != PRUNED_FORMAT or arch is None:
+        raise MedcoreError(f"checkpoint {path}: a safetensors file without medcore-tp's architecture record")
+    return {"format": PRUNED_FORMAT, "version": int(meta.get("version", -1)), "arch": arch, "state_dict": state}
+
+
+def _read(path: str | os.PathLike) -> object:
+    return read_safetensors(path) if is_safetensors(path) else read_checkpoint(path)
+
+
 def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a pruned model from its checkpoint, with segment_anything's own classes."""
-    obj = read_checkpoint(path)
+    """Rebuild a pruned model from its checkpoint (``.pth`` or safetensors), with segment_anything's
+    own classes."""
+    obj = _read(path)
     if not is_pruned_checkpoint(obj):
         raise MedcoreError(f"checkpoint {path}: is not a medcore-tp pruned checkpoint (no 'format' record)")
     return _rebuild(obj, path)
@@ -77,7 +111,7 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[
     """
     if checkpoint is None or os.fspath(checkpoint) == PACKAGED:
         return build_model(name, checkpoint), None
-    obj = read_checkpoint(checkpoint)
+    obj = _read(checkpoint)
     if not is_pruned_checkpoint(obj):
         return load_dense(build_model(name), obj, checkpoint, name), None  # read once, not twice
     base = (obj.get("arch") or {}).get("base")

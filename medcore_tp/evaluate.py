@@ -186,7 +186,7 @@ def _run(model: nn.Module, data_dirs: Sequence[str | os.PathLike], cfg: EvalConf
     size, mode = spec.input_size, spec.resize_mode
     dataset = SegmentationDataset(samples, spec, box_mode="deterministic", box_jitter=box_jitter,
                                   seed=seed, skip_bad=cfg.skip_bad, resize=cfg.resize)
-    device = next(model.parameters()).device
+    device = model.device if not isinstance(model, torch.nn.Module) else next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                                          collate_fn=collate, pin_memory=device.type == "cuda")
     was_training = model.training

@@ -47,7 +47,13 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """:func:`forward_logits` without autograd (``torch.inference_mode``), for evaluation."""
+    """:func:`forward_logits` without autograd (``torch.inference_mode``), for evaluation.
+
+    A model that brings its own ``predict_logits`` (an ONNX Runtime export,
+    :class:`medcore_tp.runtime.OnnxSam`) is asked for it instead.
+    """
+    if not isinstance(model, torch.nn.Module) and hasattr(model, "predict_logits"):
+        return model.predict_logits(images, boxes)
     return forward_logits(model, images, boxes)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medcore_tp.arch import adapter_for, image_encoder
-from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule
+from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule, round_mlp_budget
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
@@ -114,6 +114,7 @@ class PruneConfig:
     recover_batch_size: int = 1
     seed: int = 0
     progress: bool = False
+    round_to: int = 1  # pruned MLP widths kept at multiples of this (Torch-Pruning's round_to)
 
     def check(self, arch: nn.Module) -> Ratios:
         """Validate everything that can be checked on the bare architecture, before any work."""
@@ -245,6 +246,11 @@ def prune_scored(
     adapter, encoder = adapter_for(model), image_encoder(model)
     budget = ratio_budget(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder),
                           ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=scoring.budget_weights)
+    if config.round_to > 1:
+        asked = budget.total_mlp
+        budget = round_mlp_budget(budget, adapter.mlp_per_block(encoder), config.round_to)
+        log(f"--round-to {config.round_to}: MLP widths kept at multiples of {config.round_to}, removing "
+            f"{budget.total_mlp} MLP channels instead of {asked}")
     recovery: list[dict] = []
     steps, rbatch, pool = config.recover_steps, config.recover_batch_size, scoring.pool
 

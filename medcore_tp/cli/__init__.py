@@ -27,7 +27,7 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that each command lives in its own module and the group stays tiny.
-    from medcore_tp.cli import evaluate, finetune, info, leverage, prune, sweep  # noqa: F401
+    from medcore_tp.cli import bench, evaluate, export, finetune, info, leverage, prune, sweep  # noqa: F401
 
 
 _register()

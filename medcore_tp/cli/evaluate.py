@@ -43,9 +43,13 @@ def _fmt(value: float | None) -> str:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the splits and the box widening.")
 @click.option("--skip-bad", is_flag=True, help="Go on past unreadable or mismatched files; count them in the summary.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="torch: the checkpoint in PyTorch; onnxruntime: --checkpoint is an encoder .onnx written by "
+                   "medcore-tp export (its decoder beside it).")
 def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: str, split: str,
              splits_file: str | None, box_jitter: int, out_dir: str, resolution: str, resize_mode: str,
-             batch_size: int, workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool) -> None:
+             batch_size: int, workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool,
+             backend: str) -> None:
     """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
     checkpoint = choose_weights(model_name, checkpoint, random_init)
     config = EvalConfig(split=split, splits_path=splits_file, box_jitter=box_jitter, seed=seed, batch_size=batch_size,
@@ -57,9 +61,14 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
         raise MedcoreError("--data: no folder given")
     if checkpoint is None:
         torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
-    model, record = load_model(model_name, checkpoint)
-    model.to(parse_device(device))
-    info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None}
+    if backend == "onnxruntime":
+        from medcore_tp.runtime import load_onnx_model
+
+        model, record = load_onnx_model(model_name, checkpoint, random_init, device)
+    else:
+        model, record = load_model(model_name, checkpoint)
+        model.to(parse_device(device))
+    info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None, "backend": backend}
     result = run_evaluation(model, data_dirs, config, out_dir=out_dir, progress=not no_progress, model_info=info)
     summary = result.summary
     rows = [(name, d["n"], d["skipped"], *(_fmt(d[m]) for m in METRIC_NAMES)) for name, d in summary["datasets"].items()]
@@ -68,7 +77,7 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     kind = "pruned" if record else ("random init" if checkpoint is None else
                                     "packaged weights" if checkpoint == PACKAGED else "dense")
     scope = "all images" if split == "all" else f"{split} split"
-    click.echo(f"{model_name} ({kind}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
+    click.echo(f"{model_name} ({kind}{', onnxruntime' if backend == 'onnxruntime' else ''}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
                f"resize, metrics at {resolution} resolution")
     click.echo(table(rows, ("dataset", "images", "skipped", "dice", "iou", "bf1", "hd95 px", "nsd")))
     for bad in summary["skipped"]:

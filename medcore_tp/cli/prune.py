@@ -60,13 +60,15 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
               help="Measure latency and Dice/BF1/HD95 before and after [default: on without --data, "
                    "on the built-in synthetic set; with --data on the test split].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep each pruned block's MLP width a multiple of N (Torch-Pruning's round_to).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (random importance, random init).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/prune", show_default=True,
               help="Output folder.")
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, ratio, importance,
           heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_batch_size,
-          report, device, seed, no_progress, out_dir) -> None:
+          report, device, round_to, seed, no_progress, out_dir) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
@@ -95,6 +97,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         recover_batch_size=recover_batch_size,
         seed=seed,
         progress=not no_progress,
+        round_to=round_to,
     )
     config.check(build_model(model_name, device="meta"))  # bad values fail before any work
     dev = init_from_env(parse_device(device))
@@ -130,7 +133,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     record = summary(
         before, after, run.budget, run.plan,
         model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
-        ratio=ratio, ratio_rule=None if ratios.rule is None else vars(ratios.rule), heads_ratio=ratios.heads_ratio,
+        round_to=round_to, ratio=ratio, ratio_rule=None if ratios.rule is None else vars(ratios.rule), heads_ratio=ratios.heads_ratio,
         mlp_ratio=ratios.mlp_ratio, protect_blocks=ratios.protect, alpha=alpha, data=roots, data_weights=weights,
         calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
         seconds=time.perf_counter() - start, **extra,

@@ -20,6 +20,8 @@ def input_spec(model: nn.Module) -> InputSpec:
     grid, which the mask decoder upsamples 4x); resize mode and normalisation are the recipe of the
     encoder family (the adapter's ``RESIZE_MODE`` / ``NORMALISATION``).
     """
+    if not isinstance(model, nn.Module) and hasattr(model, "medcore_input_spec"):
+        return model.medcore_input_spec  # an exported model run elsewhere (medcore_tp.runtime.OnnxSam)
     adapter = adapter_for(model)
     size = int(image_encoder(model).img_size)
     low = 4 * int(model.prompt_encoder.image_embedding_size[0])

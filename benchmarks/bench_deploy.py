@@ -1,0 +1,79 @@
+"""Deployment latency: ``medcore-tp bench`` on ViT-B (dense vs the paper's 60.03%) and LiteMedSAM
+(packaged, dense vs 50%), written under benchmarks/results/ tagged with the machine.
+
+The pruned checkpoints are made first (magnitude importance, no recovery: latency does not depend on
+which channels go): ViT-B random init with heads 0.5, MLP 0.7, blocks 10-11 protected (60.03% of
+encoder parameters, as benchmarks/bench_prune_vit_b.py); LiteMedSAM's packaged weights at --ratio 0.5.
+
+Usage: ``python benchmarks/bench_deploy.py --which vit-b|lite|both [--device cpu|cuda]
+[--backends torch,sdpa] [--dtype fp32] [--batch 1] [--repeats 3] [--tag-suffix X]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+PRUNE = {
+    "vit-b": ("sam-vit-b", ["--random-init", "--heads-ratio", "0.5", "--mlp-ratio", "0.7", "--protect-blocks", "10,11"]),
+    "lite": ("lite-medsam", ["--ratio", "0.5"]),
+}
+
+
+def cli(*args: str) -> None:
+    print("$ medcore-tp " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "medcore_tp", *args], check=True)
+
+
+def pruned_checkpoint(which: str, scratch: str, device: str) -> str:
+    """Prune once (reused by later runs); returns the checkpoint path."""
+    model, extra = PRUNE[which]
+    out = os.path.join(scratch, f"{which}-pruned")
+    path = os.path.join(out, "pruned.pth")
+    if not os.path.exists(path):
+        cli("prune", "--model", model, *extra, "--importance", "magnitude", "--recover-steps", "0", "--no-report",
+            "--no-progress", "--device", device, "--out", out)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--which", choices=["vit-b", "lite", "both"], default="both")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backends", default="torch,sdpa")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--batch", default="1")
+    parser.add_argument("--parts", default="encoder")
+    parser.add_argument("--repeats", default="3")
+    parser.add_argument("--tag-suffix", default="")
+    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--dry-run", action="store_true", help="Print the commands only.")
+    args = parser.parse_args()
+    targets = ["vit-b", "lite"] if args.which == "both" else [args.which]
+    if args.dry_run:  # no torch import: the dry run only checks the arguments
+        machine = "cuda-GPU" if args.device.startswith("cuda") else "cpuN"
+    else:
+        from _machine import machine_tag
+
+        machine = machine_tag(args.device)
+    for which in targets:
+        model = PRUNE[which][0]
+        tag = f"{which}_{machine}{args.tag_suffix}"
+        if args.dry_run:
+            print(f"would prune {model} and run bench --backends {args.backends} --dtype {args.dtype} "
+                  f"--batch {args.batch} --device {args.device} -> {RESULTS}/deploy_{tag}.*")
+            continue
+        ckpt = pruned_checkpoint(which, args.scratch, args.device)
+        cli("bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
+            "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
+            "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The README's deployment tables, generated from ``benchmarks/results/bench_deploy_*.json``.
+
+Usage: ``python benchmarks/deploy_table.py [--machine cpu2] [--write README.md]``: prints the
+markdown; with ``--write`` replaces the text between the ``<!-- deploy-table -->`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+START, END = "<!-- deploy-table:start -->", "<!-- deploy-table:end -->"
+
+
+def _table(path: str) -> str:
+    data = json.load(open(path))
+    m = data["machine"]
+    head = (f"**{data['model']}** dense vs pruned (`{os.path.basename(path)}`; {m['processor']}, "
+            f"{m['cpu_count']} cores, {m['torch_threads']} torch threads, torch {m['torch']}"
+            + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
+            + (f"; load average {m['load_average_1_5_15'][0]:.1f} at the end" if "load_average_1_5_15" in m else "")
+            + f"; median of {data['repeats']} alternating repeats, min-max in brackets)\n\n")
+    lines = ["| backend | dtype | batch | part | dense s | pruned s | speedup | FLOP ratio | speedup / FLOP ratio "
+             "| dense torch fp32 / pruned |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        vs = "-" if r["pruned_vs_dense_torch_fp32"] is None else f"{r['pruned_vs_dense_torch_fp32']:.2f}x"
+        lines.append(
+            f"| {r['backend']} | {r['dtype']} | {r['batch']} | {r['part']} "
+            f"| {r['dense_median_s']:.2f} [{r['dense_min_s']:.2f}-{r['dense_max_s']:.2f}] "
+            f"| {r['pruned_median_s']:.2f} [{r['pruned_min_s']:.2f}-{r['pruned_max_s']:.2f}] "
+            f"| {r['speedup']:.2f}x | {r['flop_ratio']:.2f}x | {r['speedup_over_flop_ratio']:.2f} | {vs} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def render(machine: str) -> str:
+    files = sorted(glob.glob(os.path.join(HERE, "results", f"bench_deploy_*_{machine}*.json")))
+    if not files:
+        raise SystemExit(f"no benchmarks/results/bench_deploy_*_{machine}*.json yet")
+    return "\n".join(_table(f) for f in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machine", default="cpu2")
+    parser.add_argument("--write", default=None, help="README to update between the markers")
+    args = parser.parse_args()
+    text = render(args.machine)
+    if args.write is None:
+        print(text)
+        return
+    readme = open(args.write).read()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{args.write}: no {START} ... {END} markers")
+    before, rest = readme.split(START, 1)
+    after = rest.split(END, 1)[1]
+    with open(args.write, "w") as f:
+        f.write(before + START + "\n" + text + END + after)
+    print(f"updated {args.write}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Latency of a dense and a pruned model side by side, in several backends, dtypes and batch sizes.
+
+For every (backend, dtype, batch) the dense and the pruned model are timed alternately in one process
+(warm-up first), so drifts in machine load hit both alike; each figure is the median of the repeats
+with its min and max. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
+decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
+
+Backends: ``torch`` (eager, segment_anything's own attention), ``sdpa`` (eager with
+:mod:`medcore_tp.fast_attention`; SAM ViT only), ``compile`` (``torch.compile`` of the fastest eager
+variant: sdpa for SAM ViT, torch for TinyViT) and ``onnxruntime`` (the export of
+:mod:`medcore_tp.export`, fp32 only).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medcore_tp.atomic import atomic_write
+from medcore_tp.errors import MedcoreError
+from medcore_tp.export import BoxDecoder, export_onnx, exportable
+from medcore_tp.fast_attention import use_sdpa
+from medcore_tp.profile import flops_torch
+
+BACKENDS = ("torch", "sdpa", "compile", "onnxruntime")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PARTS = ("encoder", "model")
+
+__all__ = ["BACKENDS", "DTYPES", "BenchRow", "check_request", "plot", "rows_to_dicts", "run_bench"]
+
+
+@dataclass
+class BenchRow:
+    """One (backend, dtype, batch, part) measurement of the dense and the pruned model."""
+
+    backend: str
+    dtype: str
+    batch: int
+    part: str
+    dense_median_s: float
+    dense_min_s: float
+    dense_max_s: float
+    pruned_median_s: float
+    pruned_min_s: float
+    pruned_max_s: float
+    speedup: float  # dense / pruned median latency
+    flop_ratio: float  # dense / pruned encoder FLOPs
+    speedup_over_flop_ratio: float
+    pruned_vs_dense_torch_fp32: float  # dense eager fp32 latency / this pruned latency (same batch, part)
+    images_per_s_dense: float
+    images_per_s_pruned: float
+
+
+def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.device, is_vit: bool) -> list[str]:
+    """One-line errors for combinations that cannot run, before any work; returns notes on what is skipped."""
+    for b in backends:
+        if b not in BACKENDS:
+            raise MedcoreError(f"--backends {b}: unknown backend, choose from {', '.join(BACKENDS)}")
+    for d in dtypes:
+        if d not in DTYPES:
+            raise MedcoreError(f"--dtype {d}: unknown dtype, choose from {', '.join(DTYPES)}")
+    if "onnxruntime" in backends and any(d != "fp32" for d in dtypes):
+        bad = next(d for d in dtypes if d != "fp32")
+        raise MedcoreError(f"--dtype {bad}: the onnxruntime backend runs the fp32 export only; "
+                           "leave onnxruntime out of --backends or use --dtype fp32")
+    if "onnxruntime" in backends and device.type != "cpu":
+        raise MedcoreError(f"--device {device}: the onnxruntime backend is measured on cpu only here")
+    if device.type == "cpu" and "fp16" in dtypes:
+        raise MedcoreError("--dtype fp16: PyTorch has no fast fp16 kernels on the CPU; use bf16 or fp32 there")
+    notes = []
+    if "sdpa" in backends and not is_vit:
+        notes.append("sdpa: skipped, the fused rel-pos attention is for SAM's ViT (TinyViT keeps its own attention)")
+    return notes
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: torch.device, batch: int,
+                  part: str, is_vit: bool) -> Callable[[], Any]:
+    model = exportable(model)
+    if backend in ("sdpa", "compile") and is_vit:
+        use_sdpa(model)
+    model = model.to(device=device, dtype=dtype).eval()
+    size = model.image_encoder.img_size
+    images = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
+    boxes = torch.tensor([[0.2, 0.25, 0.7, 0.8]] * batch, device=device) * size
+    encoder = model.image_encoder
+    decoder = BoxDecoder(model)
+    if backend == "compile":
+        encoder = torch.compile(encoder)
+        decoder = torch.compile(decoder)
+
+    def encode():
+        with torch.inference_mode():
+            return encoder(images)
+
+    def whole():
+        with torch.inference_mode():
+            return decoder(encoder(images), boxes.to(dtype))
+
+    return encode if part == "encoder" else whole
+
+
+def _ort_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str) -> Callable[[], Any]:
+    import numpy as np
+
+    from medcore_tp.runtime import OnnxSam
+
+    path = folder / f"{label}.onnx"
+    if not path.exists():
+        export_onnx(model, path, name, pruned=label == "pruned")
+    ort_model = OnnxSam(path)
+    size = ort_model.image_encoder.img_size
+    images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    boxes = np.array([[0.2, 0.25, 0.7, 0.8]] * batch, dtype=np.float32) * size
+    if part == "encoder":
+        return lambda: ort_model.encode(images)
+    return lambda: ort_model.decode(ort_model.encode(images), boxes)
+
+
+def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def run_bench(
+    dense: nn.Module,
+    pruned: nn.Module,
+    name: str,
+    backends: Sequence[str] = ("torch", "sdpa"),
+    dtypes: Sequence[str] = ("fp32",),
+    batches: Sequence[int] = (1,),
+    parts: Sequence[str] = ("encoder",),
+    device: torch.device | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[BenchRow]:
+    """Time ``dense`` against ``pruned`` (architecture ``name``) in every combination; see the module docstring."""
+    if repeats < 1 or warmup < 0:
+        raise MedcoreError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    from medcore_tp.arch import sam_vit
+
+    device = device or torch.device("cpu")
+    is_vit = sam_vit.is_encoder(dense.image_encoder)
+    notes = check_request(backends, dtypes, device, is_vit)
+    for note in notes:
+        log(note)
+    flop_ratio = flops_torch(dense)["total"] / flops_torch(pruned)["total"]
+    sync = _sync(device)
+    rows: list[BenchRow] = []
+    eager_fp32: dict[tuple[int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:
+        for backend in backends:
+            if backend == "sdpa" and not is_vit:
+                continue
+            for dtype in dtypes:
+                for batch in batches:
+                    for part in parts:
+                        log(f"{backend} {dtype} batch {batch} {part}: preparing")
+                        if backend == "onnxruntime":
+                            runs = {label: _ort_runner(m, Path(tmp), label, batch, part, name)
+                                    for label, m in (("dense", dense), ("pruned", pruned))}
+                        else:
+                            runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part, is_vit)
+                                    for label, m in (("dense", dense), ("pruned", pruned))}
+                        for _ in range(warmup + (1 if backend == "compile" else 0)):
+                            for fn in runs.values():
+                                _time(fn, sync)
+                        times: dict[str, list[float]] = {"dense": [], "pruned": []}
+                        for _ in range(repeats):
+                            for label, fn in runs.items():
+                                times[label].append(_time(fn, sync))
+                        row = _row(backend, dtype, batch, part, times, flop_ratio)
+                        if backend == "torch" and dtype == "fp32":
+                            eager_fp32[(batch, part)] = row.dense_median_s
+                        ref = eager_fp32.get((batch, part))
+                        row.pruned_vs_dense_torch_fp32 = ref / row.pruned_median_s if ref else float("nan")
+                        rows.append(row)
+                        log(f"{backend} {dtype} batch {batch} {part}: dense {row.dense_median_s:.3f} s, pruned "
+                            f"{row.pruned_median_s:.3f} s, speedup {row.speedup:.2f}x (FLOP ratio {flop_ratio:.2f}x)")
+                        del runs
+    return rows
+
+
+def _row(backend: str, dtype: str, batch: int, part: str, times: dict[str, list[float]], flop_ratio: float) -> BenchRow:
+    d, p = times["dense"], times["pruned"]
+    dm, pm = statistics.median(d), statistics.median(p)
+    return BenchRow(
+        backend=backend, dtype=dtype, batch=batch, part=part,
+        dense_median_s=dm, dense_min_s=min(d), dense_max_s=max(d),
+        pruned_median_s=pm, pruned_min_s=min(p), pruned_max_s=max(p),
+        speedup=dm / pm, flop_ratio=flop_ratio, speedup_over_flop_ratio=dm / pm / flop_ratio,
+        pruned_vs_dense_torch_fp32=float("nan"), images_per_s_dense=batch / dm, images_per_s_pruned=batch / pm,
+    )
+
+
+def rows_to_dicts(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
+    """Rows as plain dicts (NaN as None, for JSON)."""
+    out = []
+    for r in rows:
+        d = asdict(r)
+        out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()})
+    return out
+
+
+def plot(rows: Sequence[BenchRow], path: str | Path, title: str) -> None:
+    """Bar chart: median latency of dense and pruned per (backend, dtype, batch, part), min-max whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.backend}\n{r.dtype} b{r.batch}" + ("" if r.part == "encoder" else "\nwhole") for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
+    for offset, key, colour in ((-0.2, "dense", "#888888"), (0.2, "pruned", "#2a7ab9")):
+        med = [getattr(r, f"{key}_median_s") for r in rows]
+        err = [[m - getattr(r, f"{key}_min_s") for m, r in zip(med, rows, strict=True)],
+               [getattr(r, f"{key}_max_s") - m for m, r in zip(med, rows, strict=True)]]
+        ax.bar([i + offset for i in x], med, width=0.4, yerr=err, capsize=3, color=colour, label=key)
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r.speedup:.2f}x", (i + 0.2, r.pruned_median_s), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("latency per batch (s), median of repeats")
+    ax.set_title(title + f"  (encoder FLOP ratio {rows[0].flop_ratio:.2f}x)", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+

@@ -1,0 +1,96 @@
+"""Fused attention for segment_anything's ViT encoder: ``scaled_dot_product_attention`` with SAM's
+decomposed relative-position bias passed as the attention mask.
+
+segment_anything's ``Attention`` computes ``softmax(q k^T * scale + bias) v`` step by step, keeping
+the logits, the biased logits and the softmax as separate (B * heads, N, N) tensors. Here the same
+bias (built from the unscaled queries, exactly as ``add_decomposed_rel_pos`` does) goes into
+``torch.nn.functional.scaled_dot_product_attention`` as an additive float mask, so the backend fuses
+scaling, bias, softmax and the value product. The maths and the parameters are SAM's own; the
+module holds the very same ``qkv``, ``proj`` and rel-pos tables (same state-dict keys), works for
+dense and pruned encoders (heads are read from the weights), and is differentiable, so it serves
+training as well as inference.
+
+Only the model handed to :func:`use_sdpa` is changed; segment_anything's classes are never patched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
+from torch import nn
+
+from medcore_tp.arch import image_encoder
+from medcore_tp.errors import MedcoreError
+
+__all__ = ["SdpaAttention", "use_sdpa", "uses_sdpa"]
+
+
+class SdpaAttention(nn.Module):
+    """SAM's windowed/global ViT attention computed by ``scaled_dot_product_attention``.
+
+    Built from an existing attention module (segment_anything's ``Attention`` or medcore-tp's
+    ``PrunableAttention``), sharing its parameters. ``num_heads`` is derived from ``qkv``.
+    """
+
+    def __init__(self, attn: Attention) -> None:
+        super().__init__()
+        heads = attn.num_heads
+        self.head_dim = attn.qkv.out_features // (3 * heads)
+        self.scale = float(attn.scale)
+        self.qkv = attn.qkv
+        self.proj = attn.proj
+        self.use_rel_pos = bool(attn.use_rel_pos)
+        if self.use_rel_pos:
+            self.rel_pos_h = attn.rel_pos_h
+            self.rel_pos_w = attn.rel_pos_w
+
+    @property
+    def num_heads(self) -> int:
+        return self.qkv.out_features // (3 * self.head_dim)
+
+    @num_heads.setter
+    def num_heads(self, value: int) -> None:
+        # pruning code may assign it; the weights are the only source of truth
+        pass
+
+    def rel_pos_mask(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The decomposed rel-pos bias (B, heads, N, N) for unscaled queries ``q`` (B, heads, N, hd)."""
+        b, nh, _, d = q.shape
+        rh = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
+        rw = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
+        r_q = q.reshape(b, nh, h, w, d)
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
+        return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, nh, h * w, h * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        n = h * w
+        qkv = self.qkv(x.reshape(b, n, -1)).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        mask = self.rel_pos_mask(q, h, w) if self.use_rel_pos else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+
+
+def use_sdpa(model: nn.Module) -> nn.Module:
+    """Swap every block's attention of ``model``'s SAM ViT encoder for :class:`SdpaAttention`, in place.
+
+    ``model`` is a SAM-style model or its ViT encoder, dense or pruned. Idempotent; returns ``model``.
+    Raises :class:`MedcoreError` for an encoder that is not segment_anything's ViT (LiteMedSAM's
+    TinyViT has its own attention, with a learned per-head bias table, and is left to the other backends).
+    """
+    encoder = image_encoder(model)
+    if not isinstance(encoder, ImageEncoderViT):
+        raise MedcoreError(f"the sdpa attention is for SAM's ViT encoder, not {type(encoder).__name__}")
+    for block in encoder.blocks:
+        if not isinstance(block.attn, SdpaAttention):
+            block.attn = SdpaAttention(block.attn)
+    return model
+
+
+def uses_sdpa(model: nn.Module) -> bool:
+    """Whether every attention of ``model``'s encoder is an :class:`SdpaAttention`."""
+    encoder = image_encoder(model)
+    return isinstance(encoder, ImageEncoderViT) and all(isinstance(b.attn, SdpaAttention) for b in encoder.blocks)

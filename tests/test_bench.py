@@ -1,0 +1,108 @@
+"""``medcore-tp bench`` on ``tiny`` / ``lite-tiny``, its one-line errors, and the GPU suite's dry run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medcore_tp import save_pruned
+from medcore_tp.arch import adapter_for
+from medcore_tp.cli import main
+from medcore_tp.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _error_line(res) -> str:
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pruned_tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    adapter_for(model).resize(model.image_encoder, [2, 2, 2, 4], [64, 64, 64, 256])
+    path = tmp_path_factory.mktemp("bench") / "pruned.pth"
+    save_pruned(model, path, base="tiny")
+    return path
+
+
+@pytest.mark.slow
+def test_bench_writes_table_csv_json_png(pruned_tiny, tmp_path):
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,sdpa,onnxruntime",
+              "--batch", "1,2", "--repeats", 2, "--warmup", 0, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = data["rows"]
+    assert [(r["backend"], r["batch"]) for r in rows] == [(b, n) for b in ("torch", "sdpa", "onnxruntime") for n in (1, 2)]
+    flops = rows[0]["flop_ratio"]
+    assert flops > 1.5 and all(r["flop_ratio"] == flops for r in rows)
+    for r in rows:
+        assert r["dense_min_s"] <= r["dense_median_s"] <= r["dense_max_s"]
+        assert r["speedup"] == pytest.approx(r["dense_median_s"] / r["pruned_median_s"])
+        assert r["images_per_s_pruned"] == pytest.approx(r["batch"] / r["pruned_median_s"])
+    assert data["machine"]["torch_threads"] >= 1 and data["arch"]["heads_per_block"] == [2, 2, 2, 4]
+    assert (tmp_path / "bench.csv").read_text().count("\n") == len(rows) + 1
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "speedup" in res.output and "FLOP ratio" in res.output
+
+
+def test_bench_lite_skips_sdpa_and_says_so(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("lite-tiny", checkpoint=None)
+    adapter_for(model).resize(model.image_encoder, [1, 1, 2], [40, 96, 150])
+    save_pruned(model, tmp_path / "p.pth", base="lite-tiny")
+    res = run("bench", "--model", "lite-tiny", "--checkpoint", tmp_path / "p.pth", "--backends", "torch,sdpa",
+              "--parts", "encoder,model", "--repeats", 1, "--warmup", 0, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "sdpa: skipped" in res.output
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
+    assert [(r["backend"], r["part"]) for r in rows] == [("torch", "encoder"), ("torch", "model")]
+
+
+def test_bench_cuda_without_gpu(pruned_tiny, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--device", "cuda", "--out", tmp_path)
+    assert "--device cuda: CUDA is not available on this machine" in _error_line(res)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bench_dtype_the_backend_cannot_run(pruned_tiny, tmp_path):
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,onnxruntime",
+              "--dtype", "fp32,bf16", "--out", tmp_path)
+    assert "--dtype bf16: the onnxruntime backend runs the fp32 export only" in _error_line(res)
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "tensorrt", "--out", tmp_path)
+    assert "--backends tensorrt: unknown backend" in _error_line(res)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_suite_dry_run_fits_and_writes_nothing():
+    script = ROOT / "benchmarks" / "gpu_suite.sh"
+    results = sorted((ROOT / "benchmarks" / "results").iterdir())
+    out = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "nothing is installed, run or written" in out.stdout
+    # every step the suite would run, its scripts present, its bench arguments accepted by bench_deploy
+    for name in ("bench_deploy.py", "bench_fisher_cost.py", "bench_evaluate.py"):
+        assert f"benchmarks/{name}" in out.stdout and (ROOT / "benchmarks" / name).is_file()
+    assert out.stdout.count("would prune") == 4 and "--device cuda" in out.stdout
+    # the time limits of all steps (the two-GPU NCCL ones included) add up to at most 8 minutes
+    limits = [int(n) for n in re.findall(r"^\s*(?:step|deploy) (\d+) ", script.read_text(), flags=re.M)]
+    assert len(limits) >= 11 and sum(limits) <= 480
+    assert sorted((ROOT / "benchmarks" / "results").iterdir()) == results
+    bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown option --fast" in bad.stderr

@@ -1,0 +1,81 @@
+"""SdpaAttention computes what segment_anything's own Attention computes, dense and pruned."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import Attention
+
+from medcore_tp.arch import sam_vit
+from medcore_tp.arch.sam_vit_tp import PrunableAttention
+from medcore_tp.errors import MedcoreError
+from medcore_tp.fast_attention import SdpaAttention, use_sdpa, uses_sdpa
+from medcore_tp.models import build_model
+
+
+def _stock_pruned(model, heads, mlp):
+    """A pruned-shape encoder (fresh weights) built with segment_anything's own classes."""
+    torch.manual_seed(3)
+    sam_vit.resize(model.image_encoder, heads, mlp)
+    with torch.no_grad():
+        for p in model.image_encoder.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("block", [0, 1])  # block 0: windowed (3 x 3, padded); block 1: global
+@pytest.mark.parametrize("pruned", [False, True])
+def test_block_attention_matches_segment_anything(tiny_model, block, pruned):
+    if pruned:
+        _stock_pruned(tiny_model, [2, 3, 1, 4], [100, 256, 30, 256])
+    stock = tiny_model.image_encoder.blocks[block].attn
+    assert type(stock) is Attention
+    fast = SdpaAttention(stock)
+    assert fast.num_heads == stock.num_heads
+    x = torch.randn(2, 8, 8, 64, generator=torch.Generator().manual_seed(2))
+    if block == 0:  # what a windowed block hands its attention: padded 3 x 3 windows
+        x = x[:, :3, :3]
+    x.requires_grad_(True)
+    ref = stock(x)
+    out = fast(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # the same gradients (training): inputs, projections and the rel-pos tables
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x, stock.qkv.weight, stock.rel_pos_h, stock.rel_pos_w], g)
+    out_grads = torch.autograd.grad(out, [x, fast.qkv.weight, fast.rel_pos_h, fast.rel_pos_w], g)
+    for a, b in zip(out_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_whole_encoder_matches_and_keeps_heads(tiny_model, tiny_input, pruned):
+    if pruned:
+        _stock_pruned(tiny_model, [2, 3, 1, 4], [100, 256, 30, 256])
+    heads = sam_vit.heads_per_block(tiny_model.image_encoder)
+    fast = use_sdpa(copy.deepcopy(tiny_model))
+    assert uses_sdpa(fast) and not uses_sdpa(tiny_model)  # the original is left alone
+    assert sam_vit.heads_per_block(fast.image_encoder) == heads
+    assert list(fast.state_dict()) == list(tiny_model.state_dict())  # same keys: checkpoints load
+    with torch.no_grad():
+        torch.testing.assert_close(fast.image_encoder(tiny_input), tiny_model.image_encoder(tiny_input),
+                                   rtol=1e-5, atol=1e-5)
+    assert use_sdpa(fast) is fast and uses_sdpa(fast)  # idempotent
+
+
+def test_prunable_attention_converts_and_prunes_after_sdpa(tiny_model, tiny_input):
+    """A model on SDPA can still be prepared for Torch-Pruning (prepare swaps its attention)."""
+    use_sdpa(tiny_model)
+    with torch.no_grad():
+        before = tiny_model.image_encoder(tiny_input)
+    sam_vit.prepare(tiny_model.image_encoder)
+    assert isinstance(tiny_model.image_encoder.blocks[0].attn, PrunableAttention)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model.image_encoder(tiny_input), before, rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_refuses_tinyvit():
+    with pytest.raises(MedcoreError, match="SAM's ViT encoder, not TinyViT"):
+        use_sdpa(build_model("lite-tiny", checkpoint=None))
