@@ -16,7 +16,6 @@ from segment_anything.modeling import Sam
 
 from medcore_tp.data import (
     SegmentationDataset,
-    box_from_mask,
     calibration_subset,
     load_datasets,
     make_splits,
@@ -47,7 +46,7 @@ def batch_from_pairs(
     prepared = [prepare_pair(image, mask, size, low_size or size // 4, resize_mode) for image, mask in pairs]
     return CalibrationBatch(
         torch.stack([torch.from_numpy(p.image) for p in prepared]),
-        torch.stack([torch.from_numpy(box_from_mask(p.mask)) for p in prepared]).float(),
+        torch.stack([torch.from_numpy(p.box) for p in prepared]).float(),
         torch.stack([torch.from_numpy(p.mask_low) for p in prepared]),
     )
 
@@ -143,11 +142,11 @@ class CalibrationSets:
 
 def calibration_sets(
     roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8, low_size: int | None = None,
-    resize_mode: str = "square",
+    resize_mode: str = "square", mask_threshold: float | None = None,
 ) -> CalibrationSets:
     """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder, for a
     model with input side ``size``, logit side ``low_size`` and ``resize_mode`` (see ``inference``)."""
-    datasets = load_datasets(roots)
+    datasets = load_datasets(roots, mask_threshold)
     splits = make_splits(datasets, seed)
     train = select_split(datasets, splits, "train")
     batches, used = {}, {}

@@ -4,7 +4,7 @@ A dataset is a folder ``root/images`` + ``root/masks`` whose files pair up by st
 ``a.gif``). Preprocessing follows METHOD.md ("Data and prompts"): image -> 3 channels -> resized into
 the model's S x S input (bicubic, anti-aliased) -> min-max to [0, 1]; mask binarised and
 nearest-neighbour resized the same way, at the input size and at the decoder's low-res size; box from
-the mask's bounding box in the input frame. Two ways to fit an image into the square (``RESIZE_MODES``):
+the ORIGINAL mask's bounding box, scaled into the input frame (:func:`scaled_box`). Two ways to fit an image into the square (``RESIZE_MODES``):
 
 - ``square``: stretched to S x S, aspect not kept (MedSAM's preprocessing, used for the SAM ViT models);
 - ``longest-side``: the longest side becomes S, aspect kept, the rest zero-padded at the bottom and
@@ -54,9 +54,12 @@ __all__ = [
     "preprocess_image",
     "read_image",
     "read_mask",
+    "read_mask_values",
     "resize_image",
+    "scaled_box",
     "resolve_splits",
     "select_split",
+    "settle_splits",
     "split_stems",
     "widen_box",
 ]
@@ -76,6 +79,7 @@ class Sample:
     name: str
     image_path: Path
     mask_path: Path
+    mask_threshold: float | None = None  # None: > 127 (> 0.5 for masks already in [0, 1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,14 +103,17 @@ def _folder_name(root: Path) -> str:
     return os.path.basename(os.path.normpath(os.path.abspath(root))) or "data"
 
 
-def discover(root: str | os.PathLike, name: str | None = None) -> list[Sample]:
+def discover(root: str | os.PathLike, name: str | None = None, mask_threshold: float | None = None) -> list[Sample]:
     """Pair ``root/images`` with ``root/masks`` by file stem, sorted by stem.
 
-    ``name`` defaults to the folder's name. Files present on one side only are left out with a
-    warning; a missing folder, an empty folder or no stem in common is an error.
+    ``name`` defaults to the folder's name; ``mask_threshold`` is how masks are binarised (see
+    :func:`binarize_mask`). Files present on one side only are left out with a warning; a missing
+    folder, a file instead of a folder, an empty folder or no stem in common is an error.
     """
     root = Path(root)
     name = name or _folder_name(root)
+    if root.exists() and not root.is_dir():
+        raise MedcoreError(f"data folder {root} is a file, not a folder (expected {root}/images and {root}/masks)")
     if not root.is_dir():
         raise MedcoreError(f"data folder {root} does not exist")
     for sub in ("images", "masks"):
@@ -127,10 +134,10 @@ def discover(root: str | os.PathLike, name: str | None = None) -> list[Sample]:
     unpaired = len(images) + len(masks) - 2 * len(common)
     if unpaired:
         warnings.warn(f"{root}: {unpaired} file(s) without a partner left out", stacklevel=2)
-    return [Sample(name, stem, images[stem], masks[stem]) for stem in common]
+    return [Sample(name, stem, images[stem], masks[stem], mask_threshold) for stem in common]
 
 
-def load_datasets(roots: Iterable[str | os.PathLike]) -> dict[str, list[Sample]]:
+def load_datasets(roots: Iterable[str | os.PathLike], mask_threshold: float | None = None) -> dict[str, list[Sample]]:
     """Discover several dataset folders, keyed by folder name (which must then be unique)."""
     datasets: dict[str, list[Sample]] = {}
     origin: dict[str, Path] = {}
@@ -139,7 +146,7 @@ def load_datasets(roots: Iterable[str | os.PathLike]) -> dict[str, list[Sample]]
         name = _folder_name(root)
         if name in datasets:
             raise MedcoreError(f"two data folders are named '{name}': {origin[name]} and {root}")
-        datasets[name] = discover(root, name)
+        datasets[name] = discover(root, name, mask_threshold)
         origin[name] = root
     if not datasets:
         raise MedcoreError("no data folder given")
@@ -186,11 +193,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
-def binarize_mask(mask: np.ndarray) -> np.ndarray:
+def binarize_mask(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Binarise a mask array: > 127, or > 0.5 when its values are already within [0, 1].
 
-    Colour masks (H, W, 3 or 4) are first reduced to luma like PIL's ``convert('L')``
-    (0.299 R + 0.587 G + 0.114 B; alpha ignored), so white-on-black RGB masks work.
+    ``threshold`` (``--mask-threshold``, on the 0-255 scale) replaces 127; masks whose values lie
+    within [0, 1] are compared with ``threshold / 255``. Colour masks (H, W, 3 or 4) are first
+    reduced to luma like PIL's ``convert('L')`` (0.299 R + 0.587 G + 0.114 B; alpha ignored), so
+    white-on-black RGB masks work.
     """
     mask = np.asarray(mask)
     if mask.ndim == 3:
@@ -201,26 +210,31 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     if mask.dtype == bool:
         return mask.copy()
     if mask.size and float(mask.max()) <= 1.0:
-        return mask > 0.5
-    return mask > 127
+        return mask > (0.5 if threshold is None else threshold / 255.0)
+    return mask > (127 if threshold is None else threshold)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file as an (H, W) bool array (see :func:`binarize_mask`)."""
+def read_mask_values(path: str | os.PathLike) -> np.ndarray:
+    """A mask file's values before binarisation: (H, W), bool for 1-bit files, luma for colour ones."""
     path = Path(path)
     image = _open(path, "mask")
     if image.mode == "1":
         return np.asarray(image, dtype=bool)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F", "L"):
-        return binarize_mask(np.asarray(image))
+        return np.asarray(image)
     # Palette, RGB(A), LA, CMYK...: the documented rule for these data is convert('L') > 127.
-    return binarize_mask(np.asarray(image.convert("L")))
+    return np.asarray(image.convert("L"))
+
+
+def read_mask(path: str | os.PathLike, threshold: float | None = None) -> np.ndarray:
+    """Read a mask file as an (H, W) bool array (see :func:`binarize_mask`)."""
+    return binarize_mask(read_mask_values(path), threshold)
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Read a sample's image (H, W, 3 float32) and mask (H, W bool); their sizes must agree."""
     image = read_image(sample.image_path)
-    mask = read_mask(sample.mask_path)
+    mask = read_mask(sample.mask_path, sample.mask_threshold)
     if image.shape[:2] != mask.shape:
         raise MedcoreError(
             f"image {sample.image_path} is {image.shape[1]}x{image.shape[0]} but mask "
@@ -296,17 +310,20 @@ class PreparedPair:
     mask: np.ndarray
     mask_low: np.ndarray
     fitted: tuple[int, int]
+    box: np.ndarray | None = None  # tight box of the original mask in the input frame (scaled_box)
 
 
 def prepare_pair(image: np.ndarray, mask: np.ndarray, size: int, low_size: int, mode: str = "square",
                  method: str = "torch") -> PreparedPair:
     """Fit an (H, W, 3) image and its (H, W) mask into the S x S input (``mode``) and the mask also
-    into the ``low_size`` logit frame."""
+    into the ``low_size`` logit frame; the box comes from the original mask (:func:`scaled_box`)."""
+    fitted = fitted_size(mask.shape[0], mask.shape[1], size, mode)
     return PreparedPair(
         image=preprocess_image(image, size, method, mode),
         mask=fit_mask(mask, size, mode),
         mask_low=fit_mask(mask, low_size, mode),
-        fitted=fitted_size(mask.shape[0], mask.shape[1], size, mode),
+        fitted=fitted,
+        box=scaled_box(mask, fitted),
     )
 
 
@@ -340,6 +357,50 @@ def box_from_mask(mask: np.ndarray) -> np.ndarray:
         return np.array([0, 0, mask.shape[1] - 1, mask.shape[0] - 1], dtype=np.float32)
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+
+
+def scaled_box(mask: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
+    """Tight box of an ORIGINAL-resolution (H, W) mask, scaled into the (h, w) part of the input frame
+    the image fills: ``[x0, y0, x1, y1]`` inclusive, float32.
+
+    Taken before any resizing, so that thin extremities that nearest-neighbour downsampling of the mask
+    would drop still count (LiteMedSAM's own inference scales the original box the same way). The box
+    covers every input pixel that an original foreground pixel overlaps: x0 -> floor(x0 * w / W),
+    x1 -> ceil((x1 + 1) * w / W) - 1. An empty mask gets the box of the whole fitted part.
+
+    Detached specks smaller than one input pixel (fewer than (W / w) * (H / h) original pixels, e.g. a
+    lone JPEG-artefact pixel in a mask's corner) are not part of the object the box frames: on the
+    Kvasir-SEG masks in shared/data one such pixel at (0, 0) would otherwise turn a tight box into
+    the whole image. Parts attached to the object, however thin, always count.
+    """
+    height, width = mask.shape
+    h, w = fitted
+    mask = _without_specks(mask, (width / w) * (height / h))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.array([0, 0, w - 1, h - 1], dtype=np.float32)
+    cols = np.flatnonzero(mask.any(axis=0))
+    sx, sy = w / width, h / height
+    x0, y0 = int(np.floor(cols[0] * sx + 1e-9)), int(np.floor(rows[0] * sy + 1e-9))
+    x1, y1 = int(np.ceil((cols[-1] + 1) * sx - 1e-9)) - 1, int(np.ceil((rows[-1] + 1) * sy - 1e-9)) - 1
+    return np.array([x0, y0, min(max(x1, x0), w - 1), min(max(y1, y0), h - 1)], dtype=np.float32)
+
+
+def _without_specks(mask: np.ndarray, min_pixels: float) -> np.ndarray:
+    """``mask`` without the 8-connected components smaller than ``min_pixels`` (all kept when every
+    component is that small)."""
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = sizes >= min_pixels
+    if not keep.any():
+        return mask
+    return keep[labels - 1] & (labels > 0)
 
 
 def widen_box(box: np.ndarray, jitter: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -411,45 +472,87 @@ def _read_splits(path: Path) -> dict[str, Any]:
     return doc
 
 
-def resolve_splits(datasets: Mapping[str, Sequence[Sample]], path: str | os.PathLike,
-                   seed: int = 42) -> dict[str, Any]:
-    """Reuse the splits in ``path`` if it exists, else create them; write back what was added.
+@dataclass
+class SplitsChoice:
+    """The splits a run uses and where they came from.
 
-    A dataset missing from the file gets a fresh split (with the file's seed) and the file is
-    rewritten. Every stem the file lists must exist in its dataset; files of a dataset that the
-    file does not list are left out with a warning.
+    ``action``: ``created`` (no file: new splits), ``reused`` (the file covers every dataset) or
+    ``extended`` (the file lacked ``added`` datasets, which got new splits with the file's seed);
+    ``written``: where the document was written (None when nothing needed writing or no place was given).
     """
-    path = Path(path)
-    if path.exists():
-        doc = _read_splits(path)
-        changed = False
+
+    doc: dict[str, Any]
+    source: Path | None
+    action: str
+    added: list[str]
+    written: Path | None
+
+    def describe(self) -> str:
+        """One line for the screen."""
+        if self.action == "reused":
+            return f"splits: reused {self.source}"
+        where = f", written to {self.written}" if self.written else " (not written)"
+        if self.action == "created":
+            return f"splits: new (seed {self.doc.get('seed')}){where}"
+        kept = f"; {self.source} is unchanged" if self.written != self.source else ""
+        return (f"splits: {self.source} extended with new splits of {', '.join(self.added)} "
+                f"(seed {self.doc.get('seed')}){where}{kept}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "source": str(self.source) if self.source else None,
+                "added": self.added, "written": str(self.written) if self.written else None}
+
+
+def settle_splits(datasets: Mapping[str, Sequence[Sample]], path: str | os.PathLike | None,
+                  seed: int = 42, write_to: str | os.PathLike | None = None) -> SplitsChoice:
+    """Reuse the splits in ``path`` if it exists, else create them; write what changed to ``write_to``.
+
+    A dataset missing from the file gets a fresh split (with the file's seed); the file itself is only
+    rewritten when ``write_to`` is that file. Every stem the file lists must exist in its dataset;
+    files of a dataset that the file does not list are left out with a warning.
+    """
+    source = Path(path) if path is not None else None
+    if source is not None and source.exists():
+        doc = _read_splits(source)
+        action = "reused"
     else:
         doc = {"format": SPLITS_FORMAT, "seed": seed,
                "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "datasets": {}}
-        changed = True
+        action = "created"
     file_seed = int(doc.get("seed", seed))
+    added = []
     for name, samples in datasets.items():
         stems = {s.name for s in samples}
         parts = doc["datasets"].get(name)
         if parts is None:
             doc["datasets"][name] = split_stems(sorted(stems), file_seed)
-            changed = True
+            added.append(name)
             continue
         listed = [stem for key in SPLIT_NAMES for stem in parts[key]]
         if len(set(listed)) != len(listed):
             twice = next(stem for stem in listed if listed.count(stem) > 1)
-            raise MedcoreError(f"splits file {path} lists '{twice}' of dataset '{name}' more than once "
+            raise MedcoreError(f"splits file {source} lists '{twice}' of dataset '{name}' more than once "
                                f"(the splits must not overlap)")
         missing = [stem for stem in listed if stem not in stems]
         if missing:
-            raise MedcoreError(f"splits file {path} lists '{missing[0]}' for dataset '{name}' "
+            raise MedcoreError(f"splits file {source} lists '{missing[0]}' for dataset '{name}' "
                                f"({len(missing)} missing in all), which is not in its data folder")
         extra = len(stems - set(listed))
         if extra:
-            warnings.warn(f"{extra} file(s) of dataset '{name}' are not in {path} and are left out", stacklevel=2)
-    if changed:
-        save_json(doc, path)
-    return doc
+            warnings.warn(f"{extra} file(s) of dataset '{name}' are not in {source} and are left out", stacklevel=2)
+    if action == "reused" and added:
+        action = "extended"
+    written = None
+    if action != "reused" and write_to is not None:
+        written = Path(write_to)
+        save_json(doc, written)
+    return SplitsChoice(doc, source if action != "created" else None, action, added, written)
+
+
+def resolve_splits(datasets: Mapping[str, Sequence[Sample]], path: str | os.PathLike,
+                   seed: int = 42) -> dict[str, Any]:
+    """:func:`settle_splits` writing back into ``path`` itself (created if missing, extended in place)."""
+    return settle_splits(datasets, path, seed, write_to=path).doc
 
 
 def select_split(datasets: Mapping[str, Sequence[Sample]], splits: Mapping[str, Any] | None,
@@ -514,8 +617,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _box(self, sample: Sample, mask: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
-        box = box_from_mask(mask)
+    def _box(self, sample: Sample, box: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
         if self.box_mode == "tight" or self.box_jitter == 0:
             return box
         if self.box_mode == "deterministic":
@@ -536,7 +638,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return {
             "index": index,
             "image": torch.from_numpy(pair.image),
-            "box": torch.from_numpy(self._box(sample, pair.mask, pair.fitted)),
+            "box": torch.from_numpy(self._box(sample, pair.box, pair.fitted)),
             "mask": torch.from_numpy(pair.mask),
             "mask_low": torch.from_numpy(pair.mask_low),
             "mask_original": mask,

@@ -27,11 +27,11 @@ from medcore_tp.atomic import save_json, save_text
 from medcore_tp.data import (
     Sample,
     SegmentationDataset,
+    SplitsChoice,
     collate,
     load_datasets,
-    make_splits,
-    resolve_splits,
     select_split,
+    settle_splits,
 )
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import (
@@ -60,6 +60,7 @@ class EvalResult:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    splits: SplitsChoice | None = None
 
 
 def _score(pred: np.ndarray, gt: np.ndarray, tolerance: int) -> dict[str, Any]:
@@ -99,23 +100,30 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _choose_samples(
-    data_dirs: Sequence[str | os.PathLike], split: str, splits_path: Path | None, seed: int
-) -> tuple[dict[str, list[Sample]], Path | None]:
-    datasets = load_datasets(data_dirs)
+    data_dirs: Sequence[str | os.PathLike], split: str, splits_path: Path | None, seed: int,
+    out: Path | None, mask_threshold: float | None,
+) -> tuple[dict[str, list[Sample]], SplitsChoice | None]:
+    datasets = load_datasets(data_dirs, mask_threshold)
     if split == "all":
         return select_split(datasets, None, "all"), None  # no split, so no splits file is read or written
-    if splits_path is None:
-        splits = make_splits(datasets, seed)
+    own = out / "splits.json" if out is not None else None
+    if splits_path is not None and not splits_path.exists():
+        target = splits_path  # "created if missing"
     else:
-        splits = resolve_splits(datasets, splits_path, seed)
-    chosen = select_split(datasets, splits, split)
+        # The user's file is never rewritten: what it lacked goes, with what it had, to OUT/splits.json.
+        target = own
+    choice = settle_splits(datasets, splits_path, seed)  # written below, once the split is known to be usable
+    chosen = select_split(datasets, choice.doc, split)
     for name, samples in chosen.items():
         if not samples:
             raise MedcoreError(
                 f"dataset '{name}' has no image in the {split} split ({len(datasets[name])} images in all); "
                 f"use --split all or a larger dataset"
             )
-    return chosen, splits_path
+    if choice.action != "reused" and target is not None:
+        save_json(choice.doc, target)
+        choice.written = target
+    return chosen, choice
 
 
 def evaluate(
@@ -137,12 +145,16 @@ def evaluate(
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
     metric_threads: int | None = None,
+    mask_threshold: float | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (on its current device) on the ``split`` of every folder in ``data_dirs``.
 
     Splits come from ``splits_path`` when that file exists and are written there otherwise; with
     no ``splits_path`` they go to ``out_dir/splits.json`` (or are only computed, without
-    ``out_dir``). With ``out_dir``, ``per_image.csv`` and ``summary.json`` are written there,
+    ``out_dir``). A ``splits_path`` that lacks some datasets is never rewritten: the extended splits
+    go to ``out_dir/splits.json`` (see ``summary["splits"]``). ``mask_threshold``: see
+    :func:`medcore_tp.data.binarize_mask`; ``notes`` are added to the summary as they are. With ``out_dir``, ``per_image.csv`` and ``summary.json`` are written there,
     atomically. ``skip_bad`` goes on past unreadable or inconsistent image/mask pairs and lists
     them in the summary; without it the first one stops the run with a :class:`MedcoreError`.
     Metrics are computed in ``metric_threads`` threads (default: half the CPU cores, at most 8;
@@ -157,9 +169,9 @@ def evaluate(
         raise MedcoreError(f"--batch-size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
-    if splits_path is None and out is not None and split != "all":
-        splits_path = out / "splits.json"
-    chosen, used_splits = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed)
+    chosen, choice = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed, out,
+                                     mask_threshold)
+    used_splits = None if choice is None else (choice.written or choice.source)
     samples = [s for group in chosen.values() for s in group]
 
     size, mode = input_size(model), mode or resize_mode(model)
@@ -218,8 +230,10 @@ def evaluate(
             "splits_file": str(used_splits) if used_splits else None,
             "box_mode": "deterministic" if box_jitter else "tight", "box_jitter": box_jitter, "seed": seed,
             "resolution": resolution, "tolerance_px": tolerance, "resize": resize, "resize_mode": mode,
-            "batch_size": batch_size, "device": str(device),
+            "batch_size": batch_size, "device": str(device), "mask_threshold": mask_threshold,
         },
+        "splits": None if choice is None else choice.to_dict(),
+        **(notes or {}),
         "datasets": per_dataset,
         "macro": macro,
         "n_images": len(rows),
@@ -232,7 +246,7 @@ def evaluate(
     if out is not None:
         save_text(_csv_text(rows), out / "per_image.csv")
         save_json(summary, out / "summary.json")
-    return EvalResult(rows=rows, summary=summary, skipped=skipped)
+    return EvalResult(rows=rows, summary=summary, skipped=skipped, splits=choice)
 
 
 def _row(sample: Sample, box: np.ndarray, shape: tuple[int, int], eval_shape: tuple[int, int],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from segment_anything.modeling import Sam
 
 from medcore_tp.arch import adapter_for
-from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule
+from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_ceiling, ratio_rule
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.graph import Plan
 from medcore_tp.inference import input_size, logit_size, resize_mode
@@ -68,6 +68,20 @@ def settle_ratios(
     return Ratios(rule.heads_ratio, rule.mlp_ratio, rule.protect, rule)
 
 
+def default_protection(arch: Sam) -> list[int]:
+    """The blocks ``--ratio`` protects unless told otherwise: the last two (10 and 11 on ViT-B)."""
+    n = len(adapter_for(arch).heads_per_block(arch.image_encoder))
+    return [n - 2, n - 1] if n > 2 else []
+
+
+def max_ratio(arch: Sam, protect: Sequence[int]) -> float:
+    """The largest ``--ratio`` reachable on ``arch`` with ``protect`` (uniform per-block weights)."""
+    adapter, encoder = adapter_for(arch), arch.image_encoder
+    head_p, chan_p = adapter.group_params(encoder)
+    return ratio_ceiling(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder), head_p, chan_p,
+                         count_params(encoder), protect)
+
+
 @dataclass
 class PruneRun:
     """What a run did, for the summary and the screen."""
@@ -83,7 +97,8 @@ class PruneRun:
 
 
 def calibration_batches(
-    model: Sam, roots: Sequence[str], calib_size: int, batch_size: int, seed: int, log: Callable[[str], None]
+    model: Sam, roots: Sequence[str], calib_size: int, batch_size: int, seed: int, log: Callable[[str], None],
+    mask_threshold: float | None = None,
 ) -> tuple[dict[str, list[CalibrationBatch]], dict | None]:
     """Calibration batches per dataset (first training images of each folder) or the synthetic set."""
     size, low = input_size(model), logit_size(model)
@@ -91,7 +106,7 @@ def calibration_batches(
         log(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
         return {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=low)]}, None
     sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=low,
-                            resize_mode=resize_mode(model))
+                            resize_mode=resize_mode(model), mask_threshold=mask_threshold)
     for name, used in sets.used.items():
         if used < calib_size:
             log(f"note: --calib-size {calib_size}: {name} has {used} training images, using all of them")
@@ -117,6 +132,7 @@ def run_prune(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    mask_threshold: float | None = None,
 ) -> PruneRun:
     """Prune ``model`` in place by ``importance`` under the settled ratios; see the module docstring.
 
@@ -126,7 +142,7 @@ def run_prune(
     ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
     batches, splits, pool = None, None, []
     if importance in CALIBRATED_IMPORTANCES or recover_steps > 0:
-        batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log)
+        batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log, mask_threshold)
         pool = [b for bs in batches.values() for b in bs]
     calib_info, extra, budget_weights = None, {}, None
     if importance == "taylor":
@@ -173,4 +189,5 @@ def run_prune(
                     scores_rows=rows, extra=extra, recovery=recovery)
 
 
-__all__ = ["PruneRun", "Ratios", "calibration_batches", "run_prune", "settle_ratios"]
+__all__ = ["PruneRun", "Ratios", "calibration_batches", "default_protection", "max_ratio", "run_prune",
+           "settle_ratios"]
