@@ -371,3 +371,34 @@ def test_info_per_block_layout_input_size_and_reach():
     assert {b["head_dim"] for b in sam["blocks"]} == {64}
     assert sam["max_ratio"]["protected_blocks"] == [10, 11]
     assert sam["max_ratio"]["with_protection"] > 0.6 > 0
+
+
+@pytest.fixture
+def locked_folder(tmp_path):
+    """A folder nobody can write into: read-only for a normal user, immutable (chattr +i) for root."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine\n")
+    if os.geteuid() == 0:
+        import shutil
+        import subprocess
+
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)],
+                                                            capture_output=True).returncode != 0:
+            pytest.skip("root without chattr +i: no folder is unwritable")
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", [PRUNE, EVAL, FT], ids=["prune", "evaluate", "finetune"])
+@pytest.mark.parametrize("under", [False, True], ids=["folder", "path-under-it"])
+def test_unwritable_out_is_refused_before_any_work(ws, locked_folder, command, under):
+    out = locked_folder / "run" if under else locked_folder
+    res = CliRunner().invoke(main, [a.replace("{ws}", str(ws)) for a in command] + ["--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"Error: --out {out}: cannot write there")
+    assert sorted(os.listdir(locked_folder)) == ["keep.txt"]
