@@ -30,9 +30,10 @@ from medcore_tp.data import SegmentationDataset, collate, discover
 from medcore_tp.evaluate import evaluate
 from medcore_tp.inference import input_size, logits_to_masks, predict_logits, upsample_logits
 from medcore_tp.metrics import all_metrics
-from medcore_tp.models import build_model
+from medcore_tp.models import build_model, input_spec
+from medcore_tp.paths import data_root
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = data_root()  # $MEDCORE_DATA, else ../shared/data
 
 
 def _subset(source: Path, n: int, folder: Path) -> Path:
@@ -72,7 +73,7 @@ def main() -> None:
     size = input_size(model)
     with tempfile.TemporaryDirectory() as tmp:
         root = _subset(args.data, args.images, Path(tmp) / args.data.name)
-        dataset = SegmentationDataset(discover(root), size, box_jitter=5)
+        dataset = SegmentationDataset(discover(root), input_spec(model), box_jitter=5)
         t0 = time.perf_counter()
         items = [dataset[i] for i in range(len(dataset))]
         load_s = time.perf_counter() - t0

@@ -42,16 +42,17 @@ from medcore_tp.atomic import save_json  # noqa: E402
 from medcore_tp.calibration import CalibrationBatch, calibration_sets  # noqa: E402
 from medcore_tp.fisher import calibration_loss, diagonal_fisher  # noqa: E402
 from medcore_tp.inference import forward_logits  # noqa: E402
+from medcore_tp.models import input_spec  # noqa: E402
+from medcore_tp.paths import data_dir  # noqa: E402
 
-DATA = "/work/shared/data/kvasir-seg-256"
+DATA = str(data_dir("kvasir-seg-256"))  # $MEDCORE_DATA, else ../shared/data
 DEFAULTS = {"tiny": (16, 15), "sam-vit-b": (2, 3)}  # images, rounds
 
 
 def load(model_name: str, images: int, device: str):
     torch.manual_seed(0)
     model = build_model(model_name, device=device)
-    size = model.image_encoder.img_size
-    batches = calibration_sets([DATA], images, size).batches
+    batches = calibration_sets([DATA], images, input_spec(model)).batches
     batch = next(iter(batches.values()))
     merged = CalibrationBatch(*(torch.cat([getattr(b, f) for b in batch]) for f in ("images", "boxes", "masks")))
     return model, merged

@@ -48,9 +48,11 @@ from medcore_tp.atomic import save_json  # noqa: E402
 from medcore_tp.calibration import calibration_sets, segmentation_loss  # noqa: E402
 from medcore_tp.fisher import calibration_loss  # noqa: E402
 from medcore_tp.inference import forward_logits  # noqa: E402
+from medcore_tp.models import input_spec  # noqa: E402
+from medcore_tp.paths import data_dir  # noqa: E402
 from medcore_tp.recipe import calibrate, make_medcore_importance, statistics  # noqa: E402
 
-DATA = "/work/shared/data/kvasir-seg-256"
+DATA = str(data_dir("kvasir-seg-256"))  # $MEDCORE_DATA, else ../shared/data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,9 +194,8 @@ def spearman(x, y) -> float:
 def run_seed(seed: int, loss_name: str, steps: int, args) -> dict:
     torch.manual_seed(seed)
     source = build_model("tiny")
-    size = source.image_encoder.img_size
-    train = calibration_sets([DATA], 10_000, size).batches  # every training image
-    calib = calibration_sets([DATA], args.calib_size, size).batches  # the first calib_size of them
+    train = calibration_sets([DATA], 10_000, input_spec(source)).batches  # every training image
+    calib = calibration_sets([DATA], args.calib_size, input_spec(source)).batches  # the first calib_size of them
     name = next(iter(calib))
     t0 = time.perf_counter()
     target, ft_losses = fine_tune(source, train[name], steps, args.lr, args.batch_size, seed, loss_name)

@@ -23,8 +23,9 @@ from scipy import ndimage
 from medcore_tp.atomic import save_json
 from medcore_tp.data import discover, mask_to_size, read_mask
 from medcore_tp.metrics import hd95, nsd
+from medcore_tp.paths import data_root
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = data_root()  # $MEDCORE_DATA, else ../shared/data
 
 
 def _perturb(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,7 @@ from _cli import macro, polyp_data, read_json, run_cli  # noqa: E402
 from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
+from medcore_tp.paths import data_root  # noqa: E402
 
 METRICS = ("dice", "iou", "boundary_f1", "hd95", "nsd")
 
@@ -52,7 +53,7 @@ def _plot(rows: dict, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--data-root", default=str(data_root()))  # $MEDCORE_DATA, else ../shared/data
     parser.add_argument("--work", default="out/lite-cascade")
     parser.add_argument("--ratio", default="0.5")
     parser.add_argument("--calib-size", default="32")

@@ -20,13 +20,14 @@ from _cli import macro, polyp_data, read_json, run_cli  # noqa: E402
 from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
+from medcore_tp.paths import data_root  # noqa: E402
 
 IMPORTANCES = ("medcore", "taylor", "random")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--data-root", default=str(data_root()))  # $MEDCORE_DATA, else ../shared/data
     parser.add_argument("--work", default="out/lite-importances")
     parser.add_argument("--ratio", default="0.3")
     parser.add_argument("--recover-steps", default="50")

@@ -1,6 +1,7 @@
 """MedCore's importance (Q) in a plain Torch-Pruning ``MetaPruner``, end to end.
 
     python examples/medcore_importance_metapruner.py                  # tiny model, stand-in source/target
+    python examples/medcore_importance_metapruner.py --model lite-tiny  # the TinyViT family, same steps
     python examples/medcore_importance_metapruner.py --data ../shared/data/kvasir-seg-256
     python examples/medcore_importance_metapruner.py --model medsam --checkpoint medsam_vit_b.pth \\
         --source-checkpoint sam_vit_b_01ec64.pth --data ../shared/data/kvasir-seg-256
@@ -37,9 +38,9 @@ def stand_in_pair(name: str, seed: int, noise: float) -> tuple[torch.nn.Module, 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     source = medcore_tp.build_model(name)
-    with torch.no_grad():  # SAM zero-initialises the rel-pos tables; give them values
+    with torch.no_grad():  # SAM's rel-pos and TinyViT's bias tables start at zero; give them values
         for pname, p in source.named_parameters():
-            if "rel_pos" in pname:
+            if "rel_pos" in pname or "attention_biases" in pname:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     target = copy.deepcopy(source)
     with torch.no_grad():
@@ -77,12 +78,14 @@ def main() -> int:
         if source is None:
             print("no source model: only Dzero is available, alpha = 1 in every block (Q = Dzero)")
 
-    # 2. Calibration: boundary-aware Fisher of the target per dataset, of the source on all images.
-    size = model.image_encoder.img_size
+    # 2. Calibration: boundary-aware Fisher of the target per dataset, of the source on all images,
+    #    preprocessed as the model expects (its input spec: input size, logit size, resize mode).
+    frame = medcore_tp.input_spec(model)
+    print(f"input spec: {frame}")
     if args.data:
-        sets = calibration_sets([r for r in args.data.split(",") if r], args.calib_size, size).batches
+        sets = calibration_sets([r for r in args.data.split(",") if r], args.calib_size, frame).batches
     else:
-        sets = {"synthetic": [synthetic_batch(args.calib_size, size, seed=args.seed)]}
+        sets = {"synthetic": [synthetic_batch(args.calib_size, frame, seed=args.seed)]}
         print(f"calibration: {args.calib_size} built-in SYNTHETIC images (not medical data)")
     calibration = calibrate(model, sets, source=source)
     print(f"calibration samples: {calibration.samples}")
@@ -164,7 +167,7 @@ def main() -> int:
     print("check: removed MLP channels are the lowest-Q channels in every block" if mlp_ok
           else "check FAILED: some block lost an MLP channel that is not among its lowest-Q channels")
 
-    x = torch.rand(1, 3, size, size)
+    x = torch.rand(1, 3, frame.input_size, frame.input_size)
     with torch.no_grad():
         out = encoder(x)
     print(f"pruned encoder runs: output {tuple(out.shape)}")

@@ -93,10 +93,10 @@ def allocate(total: int, capacity: Sequence[int], weights: Sequence[float] | Non
 
 
 def check_protect(protect: Sequence[int], n_blocks: int) -> list[int]:
-    """Validate protected block indices (``--protect-blocks``)."""
+    """Validate protected block indices (the ``protect`` parameter)."""
     bad = [b for b in protect if not 0 <= b < n_blocks]
     if bad:
-        raise MedcoreError(f"--protect-blocks {bad[0]}: the encoder has blocks 0-{n_blocks - 1}")
+        raise MedcoreError(f"protect {bad[0]}: the encoder has blocks 0-{n_blocks - 1}", "protect")
     return sorted(set(protect))
 
 
@@ -110,24 +110,24 @@ def ratio_budget(
 ) -> Budget:
     """Per-block removals for head and MLP ratios (fractions of all heads / all MLP channels).
 
-    Raises :class:`MedcoreError` (naming ``--heads-ratio`` / ``--mlp-ratio``) for a ratio outside
+    Raises :class:`MedcoreError` (naming ``heads_ratio`` / ``mlp_ratio``) for a ratio outside
     [0, 1) or one that the minimum widths cannot honour; the message gives the largest allowed ratio.
     """
     protect = check_protect(protect, len(heads))
     cap_h, cap_m = removable(heads, mlp, protect)
     out = []
     for option, ratio, widths, cap, unit in (
-        ("--heads-ratio", heads_ratio, heads, cap_h, "heads"),
-        ("--mlp-ratio", mlp_ratio, mlp, cap_m, "MLP channels"),
+        ("heads_ratio", heads_ratio, heads, cap_h, "heads"),
+        ("mlp_ratio", mlp_ratio, mlp, cap_m, "MLP channels"),
     ):
         if not (0.0 <= ratio < 1.0) or not math.isfinite(ratio):
-            raise MedcoreError(f"{option} {ratio}: must be in [0, 1)")
+            raise MedcoreError(f"{option} {ratio}: must be in [0, 1)", option)
         want = round(ratio * sum(widths))
         if want > sum(cap):
             where = f" with blocks {','.join(map(str, protect))} protected" if protect else ""
             raise MedcoreError(
                 f"{option} {ratio}: asks for {want} {unit} but at most {sum(cap)} can go{where} "
-                f"(largest ratio {sum(cap) / sum(widths):.4f})"
+                f"(largest ratio {sum(cap) / sum(widths):.4f})", option
             )
         out.append(allocate(want, cap, weights))
     return Budget(heads=out[0], mlp=out[1])
@@ -142,7 +142,7 @@ RATIO_TOLERANCE = 0.005  # --ratio lands within half a point of R
 
 @dataclass(frozen=True)
 class RatioRule:
-    """What ``--ratio R`` turned into."""
+    """What a ``ratio`` R (``--ratio R``) turned into."""
 
     heads_ratio: float
     mlp_ratio: float
@@ -239,8 +239,8 @@ def ratio_rule(
             if attempt == len(candidates) - 1:
                 where = f"with blocks {','.join(map(str, option))} protected" if option else "with no block protected"
                 raise MedcoreError(
-                    f"--ratio {ratio}: must be in (0, {math.floor(ceiling * 1e4) / 1e4:.4f}] {where} "
-                    "(every block keeps 1 head and 5% of its MLP channels)"
+                    f"ratio {ratio}: must be in (0, {math.floor(ceiling * 1e4) / 1e4:.4f}] {where} "
+                    "(every block keeps 1 head and 5% of its MLP channels)", "ratio"
                 )
             continue
         s = ratio / PAPER_RATIO

@@ -11,39 +11,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from segment_anything.modeling import Sam
+from torch import nn
 
-from medcore_tp.data import (
-    SegmentationDataset,
-    calibration_subset,
-    load_datasets,
-    make_splits,
-    prepare_pair,
-    select_split,
-)
+from medcore_tp.datasets import SegmentationDataset, load_datasets
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits
+from medcore_tp.losses import segmentation_loss, segmentation_losses  # noqa: F401  (re-exported)
+from medcore_tp.preprocessing import InputSpec, prepare_pair
+from medcore_tp.splits import calibration_subset, make_splits, select_split
 from medcore_tp.synthetic import synthetic_pairs
 
 
 @dataclass
 class CalibrationBatch:
-    """Images (B, 3, S, S) in [0, 1], boxes (B, 4) in the input frame, masks (B, S/4, S/4) bool."""
+    """Images (B, 3, S, S) in [0, 1], boxes (B, 4) in the input frame, masks (B, L, L) bool at the
+    model's logit side L."""
 
     images: torch.Tensor
     boxes: torch.Tensor
     masks: torch.Tensor
 
 
-def batch_from_pairs(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], size: int, low_size: int | None = None,
-    resize_mode: str = "square",
-) -> CalibrationBatch:
-    """Preprocess (image, mask) pairs for a model with input side ``size`` (tight boxes); masks at
-    the logit side ``low_size`` (default ``size // 4``, SAM's ViT; see ``inference.logit_size``);
-    ``resize_mode`` as ``inference.resize_mode`` of the model."""
-    prepared = [prepare_pair(image, mask, size, low_size or size // 4, resize_mode) for image, mask in pairs]
+def batch_from_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spec: InputSpec) -> CalibrationBatch:
+    """Preprocess (image, mask) pairs for a model's input frame ``spec`` (``input_spec(model)``), tight
+    boxes, masks at the logit side."""
+    prepared = [prepare_pair(image, mask, spec) for image, mask in pairs]
     return CalibrationBatch(
         torch.stack([torch.from_numpy(p.image) for p in prepared]),
         torch.stack([torch.from_numpy(p.box) for p in prepared]).float(),
@@ -51,24 +43,9 @@ def batch_from_pairs(
     )
 
 
-def synthetic_batch(n: int, size: int, seed: int = 0, low_size: int | None = None) -> CalibrationBatch:
-    """``n`` samples of the built-in synthetic set, preprocessed for input side ``size``."""
-    return batch_from_pairs(synthetic_pairs(n=n, size=256, seed=seed), size, low_size)
-
-
-def segmentation_losses(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-sample BCE + soft Dice (squared denominator) on low-res logits (B, 1, h, w): shape (B,)."""
-    target = masks.to(logits.dtype).unsqueeze(1)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    dice = 1 - (2 * (p * t).sum(1) + 1e-5) / (p.pow(2).sum(1) + t.pow(2).sum(1) + 1e-5)
-    return bce + dice
-
-
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of :func:`segmentation_losses`."""
-    return segmentation_losses(logits, masks).mean()
+def synthetic_batch(n: int, spec: InputSpec, seed: int = 0) -> CalibrationBatch:
+    """``n`` samples of the built-in synthetic set, preprocessed for the input frame ``spec``."""
+    return batch_from_pairs(synthetic_pairs(n=n, size=256, seed=seed), spec)
 
 
 def train_with_frozen_norms(model: torch.nn.Module) -> None:
@@ -85,7 +62,7 @@ def train_with_frozen_norms(model: torch.nn.Module) -> None:
             m.eval()
 
 
-def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_size: int = 1) -> int:
+def accumulate_gradients(model: nn.Module, batches: Iterable[CalibrationBatch], batch_size: int = 1) -> int:
     """Fill ``.grad`` of the encoder with the summed gradient of :func:`segmentation_loss`.
 
     Runs in :func:`train_with_frozen_norms` mode so that every parameter receives its gradient and
@@ -112,11 +89,9 @@ def accumulate_gradients(model: Sam, batches: Iterable[CalibrationBatch], batch_
     return seen
 
 
-def batches_from_samples(
-    samples: Sequence, size: int, batch_size: int = 8, low_size: int | None = None, resize_mode: str = "square"
-) -> list[CalibrationBatch]:
-    """Calibration batches (tight boxes) from dataset samples, for input side ``size``."""
-    dataset = SegmentationDataset(samples, size, box_mode="tight", low_size=low_size, resize_mode=resize_mode)
+def batches_from_samples(samples: Sequence, spec: InputSpec, batch_size: int = 8) -> list[CalibrationBatch]:
+    """Calibration batches (tight boxes) from dataset samples, for the input frame ``spec``."""
+    dataset = SegmentationDataset(samples, spec, box_mode="tight")
     out = []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -141,11 +116,11 @@ class CalibrationSets:
 
 
 def calibration_sets(
-    roots: Sequence[str], calib_size: int, size: int, seed: int = 42, batch_size: int = 8, low_size: int | None = None,
-    resize_mode: str = "square", mask_threshold: float | None = None,
+    roots: Sequence[str], calib_size: int, spec: InputSpec, seed: int = 42, batch_size: int = 8,
+    mask_threshold: float | None = None,
 ) -> CalibrationSets:
     """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder, for a
-    model with input side ``size``, logit side ``low_size`` and ``resize_mode`` (see ``inference``)."""
+    model whose input frame is ``spec`` (``input_spec(model)``); masks binarised at ``mask_threshold``."""
     datasets = load_datasets(roots, mask_threshold)
     splits = make_splits(datasets, seed)
     train = select_split(datasets, splits, "train")
@@ -153,7 +128,7 @@ def calibration_sets(
     for name, samples in train.items():
         chosen = calibration_subset(samples, calib_size)
         if not chosen:
-            raise MedcoreError(f"--data {name}: its training split is empty ({len(datasets[name])} images)")
-        batches[name] = batches_from_samples(chosen, size, batch_size, low_size, resize_mode)
+            raise MedcoreError(f"data {name}: its training split is empty ({len(datasets[name])} images)", "data")
+        batches[name] = batches_from_samples(chosen, spec, batch_size)
         used[name] = len(chosen)
     return CalibrationSets(batches=batches, splits=splits, requested=calib_size, used=used)

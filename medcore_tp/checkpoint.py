@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from segment_anything.modeling import Sam
+from torch import nn
 
 from medcore_tp.arch import adapter_for
 from medcore_tp.atomic import save_torch
@@ -23,7 +23,7 @@ from medcore_tp.models.loading import PRUNED_FORMAT, is_pruned_checkpoint, load_
 FORMAT_VERSION = 1
 
 
-def arch_record(model: Sam, base: str) -> dict[str, Any]:
+def arch_record(model: nn.Module, base: str) -> dict[str, Any]:
     """The architecture record of ``model``: base model name, heads and MLP width per block."""
     adapter = adapter_for(model)
     encoder = model.image_encoder
@@ -35,7 +35,7 @@ def arch_record(model: Sam, base: str) -> dict[str, Any]:
     }
 
 
-def save_pruned(model: Sam, path: str | os.PathLike, base: str) -> None:
+def save_pruned(model: nn.Module, path: str | os.PathLike, base: str) -> None:
     """Write ``model`` (pruned or not) as a medcore-tp checkpoint, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_torch(
@@ -44,7 +44,7 @@ def save_pruned(model: Sam, path: str | os.PathLike, base: str) -> None:
     )
 
 
-def load_pruned(path: str | os.PathLike) -> Sam:
+def load_pruned(path: str | os.PathLike) -> nn.Module:
     """Rebuild a pruned model from its checkpoint, with segment_anything's own classes."""
     obj = read_checkpoint(path)
     if not is_pruned_checkpoint(obj):
@@ -52,7 +52,7 @@ def load_pruned(path: str | os.PathLike) -> Sam:
     return _rebuild(obj, path)
 
 
-def _rebuild(obj: dict, path: str | os.PathLike) -> Sam:
+def _rebuild(obj: dict, path: str | os.PathLike) -> nn.Module:
     arch = obj.get("arch") or {}
     base = arch.get("base")
     if obj.get("version") != FORMAT_VERSION:
@@ -69,7 +69,7 @@ def _rebuild(obj: dict, path: str | os.PathLike) -> Sam:
     return model.eval()
 
 
-def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[Sam, dict[str, Any] | None]:
+def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any] | None]:
     """Load a dense or a pruned checkpoint for model ``name``; returns (model, arch record or None).
 
     A pruned checkpoint must come from the same architecture as ``name`` (``medsam`` and
@@ -82,5 +82,5 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[
         return load_dense(build_model(name), obj, checkpoint, name), None  # read once, not twice
     base = (obj.get("arch") or {}).get("base")
     if base is None or model_config(base) != model_config(name):
-        raise MedcoreError(f"checkpoint {checkpoint}: was pruned from {base}, which is not the architecture of --model {name}")
+        raise MedcoreError(f"checkpoint {checkpoint}: was pruned from {base}, which is not the architecture of model {name}")
     return _rebuild(obj, checkpoint), obj["arch"]

@@ -14,37 +14,25 @@ import platform
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from segment_anything.modeling import Sam
+from torch import nn
 from tqdm import tqdm
 
 from medcore_tp.atomic import save_json, save_text
-from medcore_tp.data import (
-    Sample,
-    SegmentationDataset,
-    SplitsChoice,
-    collate,
-    load_datasets,
-    select_split,
-    settle_splits,
-)
+from medcore_tp.datasets import Sample, SegmentationDataset, collate, load_datasets
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import (
-    input_size,
-    logits_to_masks,
-    logits_to_original,
-    predict_logits,
-    resize_mode,
-    upsample_logits,
-)
+from medcore_tp.inference import logits_to_masks, logits_to_original, predict_logits, upsample_logits
 from medcore_tp.metrics import METRIC_NAMES, all_metrics
+from medcore_tp.models.spec import input_spec
+from medcore_tp.preprocessing import RESIZE_MODES
+from medcore_tp.splits import SplitsChoice, select_split, settle_splits
 
-__all__ = ["CSV_COLUMNS", "EvalResult", "evaluate", "summarise"]
+__all__ = ["CSV_COLUMNS", "EvalConfig", "EvalResult", "evaluate", "summarise"]
 
 RESOLUTIONS = ("input", "original")
 CSV_COLUMNS = (
@@ -126,59 +114,94 @@ def _choose_samples(
     return chosen, choice
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How an evaluation runs (METHOD.md defaults); ``medcore-tp evaluate`` builds one from its flags.
+
+    ``split``: ``test``, ``val``, ``train`` or ``all``. ``splits_path``: a splits file to reuse (written
+    when missing). ``box_jitter``: each box side widened by a fixed 0..N px per file (0: tight).
+    ``resolution``: ``input`` (masks compared in the model's input frame, only the part the image
+    fills) or ``original`` (at each image's own size). ``tolerance``: px for Boundary F1 and NSD.
+    ``resize``: ``torch`` or ``skimage`` image resampling. ``resize_mode``: None for the model's own
+    (its :class:`InputSpec`), or ``square`` / ``longest-side``. ``skip_bad``: go on past unreadable
+    or inconsistent pairs and list them. ``metric_threads``: threads computing metrics (default half
+    the CPU cores, at most 8). ``mask_threshold``: how masks are binarised (None: > 127). A
+    ``splits_path`` that lacks some datasets is never rewritten: the extended splits go to
+    ``out_dir/splits.json`` (``summary["splits"]`` says which happened).
+    """
+
+    split: str = "test"
+    splits_path: str | os.PathLike | None = None
+    box_jitter: int = 5
+    seed: int = 42
+    batch_size: int = 4
+    num_workers: int = 0
+    skip_bad: bool = False
+    resolution: str = "input"
+    tolerance: int = 2
+    resize: str = "torch"
+    resize_mode: str | None = None
+    metric_threads: int | None = None
+    mask_threshold: float | None = None
+
+    def check(self) -> None:
+        """Raise :class:`MedcoreError` naming the parameter for a bad value (before any work)."""
+        if self.resolution not in RESOLUTIONS:
+            raise MedcoreError(f"resolution {self.resolution}: must be one of {', '.join(RESOLUTIONS)}", "resolution")
+        if self.batch_size < 1:
+            raise MedcoreError(f"batch_size {self.batch_size}: must be >= 1", "batch_size")
+        if self.box_jitter < 0:
+            raise MedcoreError(f"box_jitter {self.box_jitter}: must be >= 0", "box_jitter")
+        if self.resize_mode is not None and self.resize_mode not in RESIZE_MODES:
+            raise MedcoreError(f"resize_mode {self.resize_mode}: must be one of {', '.join(RESIZE_MODES)}",
+                               "resize_mode")
+
+
 def evaluate(
-    model: Sam,
+    model: nn.Module,
     data_dirs: Sequence[str | os.PathLike],
+    config: EvalConfig | None = None,
     *,
-    split: str = "test",
-    splits_path: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
-    box_jitter: int = 5,
-    seed: int = 42,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    skip_bad: bool = False,
-    resolution: str = "input",
-    tolerance: int = 2,
-    resize: str = "torch",
-    mode: str | None = None,
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
-    metric_threads: int | None = None,
-    mask_threshold: float | None = None,
     notes: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> EvalResult:
-    """Evaluate ``model`` (on its current device) on the ``split`` of every folder in ``data_dirs``.
+    """Evaluate ``model`` (on its current device) on ``config.split`` of every folder in ``data_dirs``.
 
-    Splits come from ``splits_path`` when that file exists and are written there otherwise; with
-    no ``splits_path`` they go to ``out_dir/splits.json`` (or are only computed, without
-    ``out_dir``). A ``splits_path`` that lacks some datasets is never rewritten: the extended splits
-    go to ``out_dir/splits.json`` (see ``summary["splits"]``). ``mask_threshold``: see
-    :func:`medcore_tp.data.binarize_mask`; ``notes`` are added to the summary as they are. With ``out_dir``, ``per_image.csv`` and ``summary.json`` are written there,
-    atomically. ``skip_bad`` goes on past unreadable or inconsistent image/mask pairs and lists
-    them in the summary; without it the first one stops the run with a :class:`MedcoreError`.
-    Metrics are computed in ``metric_threads`` threads (default: half the CPU cores, at most 8;
-    SciPy and NumPy release the GIL, so they scale) while the next batch runs through the model.
-    ``mode`` fits images into the input (``square`` or ``longest-side``; default: the model's own,
-    :func:`medcore_tp.inference.resize_mode`); at ``resolution="input"`` only the part the image fills
-    is scored.
+    ``config`` (:class:`EvalConfig`, defaults when None) may be adjusted by keyword ``settings`` of
+    the same names (``evaluate(model, dirs, split="all", box_jitter=0)``). Splits come from
+    ``config.splits_path`` when that file exists and are written there otherwise; with no
+    ``splits_path`` they go to ``out_dir/splits.json`` (or are only computed, without ``out_dir``).
+    With ``out_dir``, ``per_image.csv`` and ``summary.json`` are written there, atomically. Metrics are
+    computed in threads (SciPy and NumPy release the GIL) while the next batch runs through the model.
+    ``notes`` are added to the summary as they are.
     """
-    if resolution not in RESOLUTIONS:
-        raise MedcoreError(f"--resolution must be one of {', '.join(RESOLUTIONS)}, got '{resolution}'")
-    if batch_size < 1:
-        raise MedcoreError(f"--batch-size must be >= 1, got {batch_size}")
+    cfg = replace(config or EvalConfig(), **settings)
+    cfg.check()
+    return _run(model, data_dirs, cfg, Path(out_dir) if out_dir is not None else None, progress, model_info,
+                notes)
+
+
+def _run(model: nn.Module, data_dirs: Sequence[str | os.PathLike], cfg: EvalConfig, out: Path | None,
+         progress: bool, model_info: dict[str, Any] | None, notes: dict[str, Any] | None = None) -> EvalResult:
     started = time.perf_counter()
-    out = Path(out_dir) if out_dir is not None else None
+    split, splits_path, box_jitter, seed = cfg.split, cfg.splits_path, cfg.box_jitter, cfg.seed
+    resolution, tolerance = cfg.resolution, cfg.tolerance
     chosen, choice = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed, out,
-                                     mask_threshold)
+                                     cfg.mask_threshold)
     used_splits = None if choice is None else (choice.written or choice.source)
     samples = [s for group in chosen.values() for s in group]
 
-    size, mode = input_size(model), mode or resize_mode(model)
-    dataset = SegmentationDataset(samples, size, box_mode="deterministic", box_jitter=box_jitter,
-                                  seed=seed, skip_bad=skip_bad, resize=resize, resize_mode=mode)
+    spec = input_spec(model)
+    if cfg.resize_mode is not None:
+        spec = replace(spec, resize_mode=cfg.resize_mode)
+    size, mode = spec.input_size, spec.resize_mode
+    dataset = SegmentationDataset(samples, spec, box_mode="deterministic", box_jitter=box_jitter,
+                                  seed=seed, skip_bad=cfg.skip_bad, resize=cfg.resize)
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                                          collate_fn=collate, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
@@ -186,7 +209,7 @@ def evaluate(
     skipped: list[dict[str, str]] = []
     bar = tqdm(total=len(samples), unit="img", desc="evaluate", disable=not progress, dynamic_ncols=True)
     try:
-        threads = metric_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
+        threads = cfg.metric_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for batch in loader:
                 for index, message in batch["errors"]:
@@ -229,8 +252,8 @@ def evaluate(
             "data": [str(d) for d in data_dirs], "split": split,
             "splits_file": str(used_splits) if used_splits else None,
             "box_mode": "deterministic" if box_jitter else "tight", "box_jitter": box_jitter, "seed": seed,
-            "resolution": resolution, "tolerance_px": tolerance, "resize": resize, "resize_mode": mode,
-            "batch_size": batch_size, "device": str(device), "mask_threshold": mask_threshold,
+            "resolution": resolution, "tolerance_px": tolerance, "resize": cfg.resize, "resize_mode": mode,
+            "batch_size": cfg.batch_size, "device": str(device), "mask_threshold": cfg.mask_threshold,
         },
         "splits": None if choice is None else choice.to_dict(),
         **(notes or {}),

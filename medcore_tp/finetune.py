@@ -30,16 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from segment_anything.modeling import Sam
+from torch import nn
 from tqdm.auto import tqdm
 
 from medcore_tp.atomic import save_text, save_torch
-from medcore_tp.calibration import segmentation_losses, train_with_frozen_norms
+from medcore_tp.calibration import train_with_frozen_norms
 from medcore_tp.checkpoint import save_pruned
-from medcore_tp.data import SegmentationDataset, collate
+from medcore_tp.datasets import SegmentationDataset, collate
 from medcore_tp.distributed import all_reduce_sum, barrier, data_parallel, is_main, my_share, rank, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.inference import forward_logits, input_size, logit_size, resize_mode
+from medcore_tp.inference import forward_logits
+from medcore_tp.losses import segmentation_losses
+from medcore_tp.models.spec import input_spec
 
 STATE_FILE = "state.pth"
 BEST_FILE = "best.pth"
@@ -64,7 +66,7 @@ class FinetuneConfig:
 FROZEN = ("prompt_encoder.", "mask_decoder.iou_prediction_head.")
 
 
-def _trainable(model: Sam) -> list[torch.nn.Parameter]:
+def _trainable(model: nn.Module) -> list[torch.nn.Parameter]:
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith(FROZEN))
     return [p for p in model.parameters() if p.requires_grad]
@@ -73,7 +75,7 @@ def _trainable(model: Sam) -> list[torch.nn.Parameter]:
 class _Logits(torch.nn.Module):
     """Box-prompted logits as one ``forward``, so that DistributedDataParallel sees the whole step."""
 
-    def __init__(self, sam: Sam) -> None:
+    def __init__(self, sam: nn.Module) -> None:
         super().__init__()
         self.sam = sam
 
@@ -103,7 +105,7 @@ def validation_loader(dataset: SegmentationDataset, batch_size: int) -> torch.ut
 
 
 @torch.no_grad()
-def validation_loss(model: Sam, batches: Iterable[dict]) -> float:
+def validation_loss(model: nn.Module, batches: Iterable[dict]) -> float:
     """Mean per-sample loss over every rank's :func:`validation_loader`."""
     model.eval()
     device = next(model.parameters()).device
@@ -117,7 +119,7 @@ def validation_loss(model: Sam, batches: Iterable[dict]) -> float:
 
 
 def finetune(
-    model: Sam,
+    model: nn.Module,
     train: Sequence,
     val: Sequence,
     out_dir: str,
@@ -137,7 +139,7 @@ def finetune(
         raise MedcoreError("finetune: the training split is empty")
     if not val:
         raise MedcoreError("finetune: the validation split is empty (need at least one validation image)")
-    size = input_size(model)
+    spec = input_spec(model)
     device = next(model.parameters()).device
     params = _trainable(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -151,14 +153,11 @@ def finetune(
     )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    low, mode = logit_size(model), resize_mode(model)
     val_batches = validation_loader(
-        SegmentationDataset(val, size, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed,
-                            low_size=low, resize_mode=mode),
+        SegmentationDataset(val, spec, box_mode="deterministic", box_jitter=cfg.box_jitter, seed=cfg.seed),
         cfg.batch_size,
     )
-    train_set = SegmentationDataset(train, size, box_mode="deterministic", box_jitter=cfg.box_jitter,
-                                    low_size=low, resize_mode=mode)
+    train_set = SegmentationDataset(train, spec, box_mode="deterministic", box_jitter=cfg.box_jitter)
     trained = data_parallel(_Logits(model))
 
     os.makedirs(out_dir, exist_ok=True)
@@ -167,10 +166,11 @@ def finetune(
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state.get("base") != base or state.get("config") != vars(cfg):
-            raise MedcoreError(f"--resume: {state_path} was written by a run with other settings; use a new --out")
+            raise MedcoreError(f"resume: {state_path} was written by a run with other settings; use a new out_dir",
+                               "resume")
         if state.get("processes", 1) != world:
-            raise MedcoreError(f"--resume: {state_path} was written by {state.get('processes', 1)} process(es), "
-                               f"this run has {world}; the global batch would change")
+            raise MedcoreError(f"resume: {state_path} was written by {state.get('processes', 1)} process(es), "
+                               f"this run has {world}; the global batch would change", "resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

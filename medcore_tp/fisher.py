@@ -19,37 +19,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from segment_anything.modeling import Sam
+from torch import nn
 from tqdm.auto import tqdm
 
 from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.distributed import all_reduce_sum, rank, world_size
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits
+from medcore_tp.losses import BAND_WEIGHT, calibration_loss, morphological_band
 
-BAND_WEIGHT = 3.0
-
-
-def boundary_band(masks: torch.Tensor) -> torch.Tensor:
-    """dilate3x3(m) - erode3x3(m) of boolean masks (B, h, w), as float (B, h, w)."""
-    m = masks.float().unsqueeze(1)
-    dilated = F.max_pool2d(m, 3, stride=1, padding=1)
-    eroded = -F.max_pool2d(-m, 3, stride=1, padding=1)  # outside the image counts as foreground here
-    return (dilated - eroded).squeeze(1)
-
-
-def calibration_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-sample boundary-weighted BCE (summed over pixels) + squared-denominator Dice loss: (B,)."""
-    z = logits.squeeze(1)
-    m = masks.to(z.dtype)
-    weight = 1.0 + BAND_WEIGHT * boundary_band(masks)
-    bce = (weight * F.binary_cross_entropy_with_logits(z, m, reduction="none")).flatten(1).sum(1)
-    p = torch.sigmoid(z).flatten(1)
-    mf = m.flatten(1)
-    dice = (2 * (p * mf).sum(1) + 1e-5) / (p.pow(2).sum(1) + mf.pow(2).sum(1) + 1e-5)
-    return bce + 1 - dice
-
+boundary_band = morphological_band  # the name this band had before medcore_tp.losses
+__all__ = ["BAND_WEIGHT", "FisherResult", "calibration_loss", "diagonal_fisher"]
 
 @dataclass
 class FisherResult:
@@ -62,7 +42,7 @@ class FisherResult:
 
 
 def diagonal_fisher(
-    model: Sam,
+    model: nn.Module,
     batches: Iterable[CalibrationBatch],
     progress: bool = False,
     description: str = "Fisher",

@@ -1,11 +1,11 @@
-"""Box-prompted inference with a segment_anything ``Sam`` model, the MedSAM way.
+"""Box-prompted inference with a SAM-style model (segment_anything ``Sam``, LiteMedSAM), the MedSAM way.
 
 The preprocessed image (3, S, S) in [0, 1] goes straight into the image encoder (no pixel
 mean/std, as MedSAM does), the box through the prompt encoder, and the mask decoder returns one
-low-res logit map (S/4 x S/4). Logits are upsampled bilinearly to S x S and, when asked, cropped to the
+low-res logit map (``input_spec(model).logit_size``: S/4 for SAM's ViT, S for LiteMedSAM). Logits are upsampled bilinearly to S x S and, when asked, cropped to the
 part the image fills (``longest-side`` models such as LiteMedSAM pad the rest) and resized to the
 original image size; ``sigmoid > 0.5`` gives the mask. How an image fits into the input is the
-model's :func:`resize_mode`.
+model's :class:`~medcore_tp.preprocessing.InputSpec`.
 """
 
 from __future__ import annotations
@@ -15,44 +15,43 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import Sam
+from torch import nn
 
-from medcore_tp.data import fitted_size, preprocess_image
+from medcore_tp.models.spec import input_spec
+from medcore_tp.preprocessing import fitted_size, preprocess_image
 
 __all__ = [
-    "forward_logits", "input_size", "logit_size", "logits_to_masks", "logits_to_original", "predict_logits",
+    "decode_logits", "forward_logits", "input_size", "logit_size", "logits_to_masks", "logits_to_original", "predict_logits",
     "resize_mode", "segment", "upsample_logits",
 ]
 
 
-def input_size(model: Sam) -> int:
-    """The model's square input side (``model.image_encoder.img_size``: 1024 for ViT-B)."""
-    return int(model.image_encoder.img_size)
+def input_size(model: nn.Module) -> int:
+    """The model's square input side (1024 for ViT-B, 256 for LiteMedSAM): ``input_spec(model).input_size``."""
+    return input_spec(model).input_size
 
 
-def logit_size(model: Sam) -> int:
-    """Side of the decoder's low-res logits: 4 x the image-embedding side (256 for ViT-B at 1024,
-    i.e. input / 4; 256 for LiteMedSAM at 256, i.e. the input size itself)."""
-    return 4 * int(model.prompt_encoder.image_embedding_size[0])
+def logit_size(model: nn.Module) -> int:
+    """Side of the decoder's low-res logits (input / 4 for SAM's ViT, the input size for LiteMedSAM)."""
+    return input_spec(model).logit_size
 
 
-def resize_mode(model: Sam) -> str:
-    """How images fit into the model's input: ``square`` (MedSAM, the SAM ViT models) or
-    ``longest-side`` (LiteMedSAM); set by the model builders, ``square`` for models built elsewhere."""
-    return getattr(model, "medcore_resize_mode", "square")
+def resize_mode(model: nn.Module) -> str:
+    """How images fit into the model's input: ``square`` (SAM ViT family) or ``longest-side`` (TinyViT)."""
+    return input_spec(model).resize_mode
 
 
-def _device(model: Sam) -> torch.device:
+def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 @torch.inference_mode()
-def predict_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """:func:`forward_logits` without autograd (``torch.inference_mode``), for evaluation."""
     return forward_logits(model, images, boxes)
 
 
-def forward_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def forward_logits(model: nn.Module, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Low-res mask logits (B, 1, S/4, S/4) for images (B, 3, S, S) and boxes (B, 4), differentiable.
 
     Boxes are ``[x0, y0, x1, y1]`` in the input frame (pixels of the S x S image). Inputs are moved
@@ -67,7 +66,7 @@ def forward_logits(model: Sam, images: torch.Tensor, boxes: torch.Tensor) -> tor
     return decode_logits(model, model.image_encoder(images), boxes)
 
 
-def decode_logits(model: Sam, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def decode_logits(model: nn.Module, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Low-res logits (B, 1, S/4, S/4) from image embeddings (B, C, S/16, S/16) and boxes (B, 4)."""
     boxes = boxes.to(embeddings.device, dtype=torch.float32)
     image_pe = model.prompt_encoder.get_dense_pe()
@@ -107,7 +106,7 @@ def logits_to_masks(logits: torch.Tensor) -> torch.Tensor:
 
 
 def segment(
-    model: Sam,
+    model: nn.Module,
     images: Sequence[np.ndarray],
     boxes: Sequence[Sequence[float]],
     batch_size: int = 4,
@@ -122,7 +121,8 @@ def segment(
     """
     if len(images) != len(boxes):
         raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
-    size, mode = input_size(model), resize_mode(model)
+    spec = input_spec(model)
+    size, mode = spec.input_size, spec.resize_mode
     masks: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]

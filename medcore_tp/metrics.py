@@ -31,7 +31,6 @@ from scipy.spatial import cKDTree
 __all__ = [
     "METRIC_NAMES",
     "all_metrics",
-    "boundary_band",
     "boundary_f1",
     "dice",
     "hausdorff",
@@ -39,6 +38,7 @@ __all__ = [
     "inner_surface",
     "iou",
     "nsd",
+    "tolerance_band",
 ]
 
 METRIC_NAMES = ("dice", "iou", "boundary_f1", "hd95", "nsd")
@@ -98,8 +98,9 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return int(np.count_nonzero(pred & gt)) / union
 
 
-def boundary_band(mask: np.ndarray, tolerance: int = 2) -> np.ndarray:
-    """The boundary band used by Boundary F1: dilate(m) and not erode(m).
+def tolerance_band(mask: np.ndarray, tolerance: int = 2) -> np.ndarray:
+    """The band Boundary F1 compares: dilate(m) and not erode(m) (not the loss band
+    ``medcore_tp.losses.morphological_band``, which is 3x3 and on torch tensors).
 
     Both operations use a (2*tolerance+1)-pixel square (5x5 for the default tolerance 2), so the
     band holds every pixel within ``tolerance`` (chessboard distance) of the object's edge, on both
@@ -108,6 +109,9 @@ def boundary_band(mask: np.ndarray, tolerance: int = 2) -> np.ndarray:
     tolerance = _check_tolerance(tolerance)
     mask = np.asarray(mask, dtype=bool)
     return _dilate(mask, tolerance) & ~_erode(mask, tolerance)
+
+
+boundary_band = tolerance_band  # the name this band had before; kept for existing imports
 
 
 # Square morphology as separable max/min filters: the same result as binary_dilation/erosion with
@@ -131,7 +135,7 @@ def _empty_case(pred: np.ndarray, gt: np.ndarray, both: float, one: float) -> fl
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
     """Boundary F1 at ``tolerance`` pixels (METHOD.md), in [0, 1].
 
-    Bp, Bg are the boundary bands of :func:`boundary_band` (5x5 square morphology for tolerance 2).
+    Bp, Bg are the boundary bands of :func:`tolerance_band` (5x5 square morphology for tolerance 2).
     Precision = |Bp ∧ dilate(Bg)| / |Bp|, recall = |Bg ∧ dilate(Bp)| / |Bg|, dilations with the same
     (2*tolerance+1) square; F1 = 2PR / (P + R), and 0.0 when P + R = 0.
     Both masks empty -> 1.0; exactly one empty -> 0.0.
@@ -142,8 +146,8 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
     if empty is not None:
         return empty
     pred, gt = _crop(pred, gt, 2 * tolerance + 2)
-    band_p = boundary_band(pred, tolerance)
-    band_g = boundary_band(gt, tolerance)
+    band_p = tolerance_band(pred, tolerance)
+    band_g = tolerance_band(gt, tolerance)
     precision = np.count_nonzero(band_p & _dilate(band_g, tolerance)) / np.count_nonzero(band_p)
     recall = np.count_nonzero(band_g & _dilate(band_p, tolerance)) / np.count_nonzero(band_g)
     if precision + recall == 0:

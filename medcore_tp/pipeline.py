@@ -1,9 +1,10 @@
 """A whole pruning run, as ``medcore-tp prune`` does it: ratios, calibration, scoring, cascade, recovery.
 
-The command line only parses options and prints; everything a library user would also need lives
-here: settling the ratios on the bare architecture (so bad ones fail before any work), choosing the
-calibration images, building the importance, the sensitivity-weighted budget, and the cascade
-(heads, recovery, MLP channels, recovery).
+The command line only parses options into a :class:`PruneConfig` and prints; everything a library
+user would also need lives here: checking the ratios on the bare architecture (so bad ones fail before
+any work), choosing the calibration images, building the importance (by its registry entry), settling
+the ratios once (with the budget weights when the importance gives them), the sensitivity-weighted
+budget, and the cascade (heads, recovery, MLP channels, recovery).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from segment_anything.modeling import Sam
+from torch import nn
 
-from medcore_tp.arch import adapter_for
+from medcore_tp.arch import adapter_for, image_encoder
 from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_ceiling, ratio_rule
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
+from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
-from medcore_tp.inference import input_size, logit_size, resize_mode
+from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, FISHER_IMPORTANCES, importance_entry
+from medcore_tp.models.spec import input_spec
 from medcore_tp.profile import count_params
-from medcore_tp.prune import make_importance, prune_by_budget
+from medcore_tp.prune import prune_by_budget
 from medcore_tp.recipe import (
     calibrate,
     make_medcore_importance,
@@ -30,13 +33,36 @@ from medcore_tp.recipe import (
 )
 from medcore_tp.recovery import recover
 
-FISHER_IMPORTANCES = ("medcore", "boundary-fisher")
-CALIBRATED_IMPORTANCES = FISHER_IMPORTANCES + ("taylor",)
+__all__ = [
+    "CALIBRATED_IMPORTANCES", "FISHER_IMPORTANCES", "PruneConfig", "PruneRun", "RatioRequest", "Ratios",
+    "calibration_batches", "default_protection", "max_ratio", "run_prune", "settle_ratios",
+]
+
+
+@dataclass(frozen=True)
+class RatioRequest:
+    """What a user asked to remove: ``ratio`` (fraction of encoder parameters, the ``--ratio`` rule)
+    or both ``heads_ratio`` and ``mlp_ratio`` (fractions of ALL heads / MLP channels); ``protect``:
+    blocks left untouched (None with ``ratio``: the last two, lifted only when R needs them)."""
+
+    ratio: float | None = None
+    heads_ratio: float | None = None
+    mlp_ratio: float | None = None
+    protect: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.heads_ratio is None) != (self.mlp_ratio is None):
+            raise MedcoreError("heads_ratio and mlp_ratio go together", "heads_ratio")
+        if self.ratio is None and self.heads_ratio is None:
+            raise MedcoreError("ratio: give ratio (fraction of encoder parameters) or heads_ratio and mlp_ratio",
+                               "ratio")
+        if self.ratio is not None and self.heads_ratio is not None:
+            raise MedcoreError("ratio: give ratio or heads_ratio and mlp_ratio, not both", "ratio")
 
 
 @dataclass
 class Ratios:
-    """Head / MLP ratios and protected blocks a run uses, and the ``--ratio`` rule behind them."""
+    """Head / MLP ratios and protected blocks a run uses, and the ``ratio`` rule behind them."""
 
     heads_ratio: float
     mlp_ratio: float
@@ -44,42 +70,74 @@ class Ratios:
     rule: RatioRule | None = None
 
 
-def settle_ratios(
-    arch: Sam,
-    ratio: float | None,
-    heads_ratio: float | None,
-    mlp_ratio: float | None,
-    protect: Sequence[int] | None,
-    weights: Sequence[float] | None = None,
-) -> Ratios:
-    """Validate and settle the ratios on an architecture (a meta-device model is enough).
+def settle_ratios(arch: nn.Module, request: RatioRequest, weights: Sequence[float] | None = None) -> Ratios:
+    """Validate ``request`` and turn it into head / MLP ratios on an architecture (a meta-device or a
+    dense model; only its shapes are read).
 
-    Either ``ratio`` (fraction of encoder parameters, the ``--ratio`` rule) or both explicit ratios;
-    ``weights`` are the per-block budget weights when known (they decide how many parameters a ratio
-    removes where group sizes differ per block). Raises ``MedcoreError`` for bad values.
+    ``weights`` are the per-block budget weights when known: where group sizes differ per block
+    (TinyViT stages) they decide how many parameters a ratio removes. Raises ``MedcoreError`` naming
+    the parameter for bad values.
     """
-    adapter, encoder = adapter_for(arch), arch.image_encoder
+    adapter, encoder = adapter_for(arch), image_encoder(arch)
     heads, mlp = adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder)
-    if ratio is None:
-        ratio_budget(heads, mlp, heads_ratio, mlp_ratio, protect or [])  # raises on bad values
-        return Ratios(heads_ratio, mlp_ratio, list(protect or []))
+    protect = None if request.protect is None else list(request.protect)
+    if request.ratio is None:
+        ratio_budget(heads, mlp, request.heads_ratio, request.mlp_ratio, protect or [])  # raises on bad values
+        return Ratios(request.heads_ratio, request.mlp_ratio, list(protect or []))
     head_p, chan_p = adapter.group_params(encoder)
-    rule = ratio_rule(ratio, heads, mlp, head_p, chan_p, count_params(encoder), protect, weights)
+    rule = ratio_rule(request.ratio, heads, mlp, head_p, chan_p, count_params(encoder), protect, weights)
     return Ratios(rule.heads_ratio, rule.mlp_ratio, rule.protect, rule)
 
 
-def default_protection(arch: Sam) -> list[int]:
+def default_protection(arch: nn.Module) -> list[int]:
     """The blocks ``--ratio`` protects unless told otherwise: the last two (10 and 11 on ViT-B)."""
-    n = len(adapter_for(arch).heads_per_block(arch.image_encoder))
+    n = len(adapter_for(arch).heads_per_block(image_encoder(arch)))
     return [n - 2, n - 1] if n > 2 else []
 
 
-def max_ratio(arch: Sam, protect: Sequence[int]) -> float:
+def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
     """The largest ``--ratio`` reachable on ``arch`` with ``protect`` (uniform per-block weights)."""
-    adapter, encoder = adapter_for(arch), arch.image_encoder
+    adapter, encoder = adapter_for(arch), image_encoder(arch)
     head_p, chan_p = adapter.group_params(encoder)
     return ratio_ceiling(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder), head_p, chan_p,
                          count_params(encoder), protect)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything a pruning run is asked to do (``medcore-tp prune`` builds one from its flags).
+
+    ``importance``: a name of :mod:`medcore_tp.importance_registry`. ``ratios``: what to remove.
+    ``data``: calibration dataset folders (empty: the built-in synthetic set), ``data_weights`` one
+    per folder (normalised). ``alpha``: MedCore's alpha, ``"auto"`` or a number in [0, 1].
+    ``calib_size``: calibration images per dataset; ``batch_size``: calibration batch size.
+    ``recover_steps``: recovery steps after each cascade stage (0: none), ``recover_batch_size`` per
+    process. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
+    ``mask_threshold``: how calibration masks are binarised (``--mask-threshold``; None: > 127).
+    """
+
+    importance: str = "medcore"
+    ratios: RatioRequest = field(default_factory=lambda: RatioRequest(ratio=0.6))
+    data: tuple[str, ...] = ()
+    data_weights: tuple[float, ...] | None = None
+    alpha: str | float = "auto"
+    calib_size: int = 128
+    batch_size: int = 8
+    recover_steps: int = 100
+    recover_batch_size: int = 1
+    seed: int = 0
+    progress: bool = False
+    mask_threshold: float | None = None
+
+    def check(self, arch: nn.Module) -> Ratios:
+        """Validate everything that can be checked on the bare architecture, before any work."""
+        importance_entry(self.importance)
+        if self.data_weights is not None and len(self.data_weights) != max(len(self.data), 1):
+            raise MedcoreError(f"data_weights {','.join(map(str, self.data_weights))}: {len(self.data_weights)} "
+                               f"weights for {len(self.data)} data folders", "data_weights")
+        if not (self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0)):
+            raise MedcoreError(f"alpha {self.alpha}: must be 'auto' or a number in [0, 1]", "alpha")
+        return settle_ratios(arch, self.ratios)
 
 
 @dataclass
@@ -97,97 +155,78 @@ class PruneRun:
 
 
 def calibration_batches(
-    model: Sam, roots: Sequence[str], calib_size: int, batch_size: int, seed: int, log: Callable[[str], None],
-    mask_threshold: float | None = None,
+    model: nn.Module, config: PruneConfig, log: Callable[[str], None]
 ) -> tuple[dict[str, list[CalibrationBatch]], dict | None]:
     """Calibration batches per dataset (first training images of each folder) or the synthetic set."""
-    size, low = input_size(model), logit_size(model)
-    if not roots:
-        log(f"calibration: {calib_size} built-in SYNTHETIC images (not medical data); use --data for real ones")
-        return {"synthetic": [synthetic_batch(calib_size, size, seed=seed, low_size=low)]}, None
-    sets = calibration_sets(roots, calib_size, size, batch_size=batch_size, low_size=low,
-                            resize_mode=resize_mode(model), mask_threshold=mask_threshold)
+    spec, n = input_spec(model), config.calib_size
+    if not config.data:
+        log(f"calibration: {n} built-in SYNTHETIC images (not medical data); use --data for real ones")
+        return {"synthetic": [synthetic_batch(n, spec, seed=config.seed)]}, None
+    sets = calibration_sets(list(config.data), n, spec, batch_size=config.batch_size,
+                            mask_threshold=config.mask_threshold)
     for name, used in sets.used.items():
-        if used < calib_size:
-            log(f"note: --calib-size {calib_size}: {name} has {used} training images, using all of them")
+        if used < n:
+            log(f"note: --calib-size {n}: {name} has {used} training images, using all of them")
     return sets.batches, sets.splits
 
 
 def run_prune(
-    model: Sam,
-    arch: Sam,
-    importance: str,
-    ratio: float | None,
-    heads_ratio: float | None,
-    mlp_ratio: float | None,
-    protect: Sequence[int] | None,
-    roots: Sequence[str] = (),
-    source: Sam | None = None,
-    data_weights: Sequence[float] | None = None,
-    alpha: str | float = "auto",
-    calib_size: int = 128,
-    batch_size: int = 8,
-    recover_steps: int = 100,
-    recover_batch_size: int = 1,
-    seed: int = 0,
-    progress: bool = False,
+    model: nn.Module,
+    config: PruneConfig,
+    source: nn.Module | None = None,
     log: Callable[[str], None] = print,
-    mask_threshold: float | None = None,
 ) -> PruneRun:
-    """Prune ``model`` in place by ``importance`` under the settled ratios; see the module docstring.
+    """Prune dense ``model`` in place as ``config`` asks; see the module docstring.
 
-    ``arch`` is the bare architecture (e.g. a meta-device copy) the ratios are settled on.
-    ``recover_batch_size`` is per process (see :func:`medcore_tp.recovery.recover`).
+    ``source``: the model the target was adapted from (SAM for MedSAM), used by ``medcore`` for Dreset
+    and alpha. The ratios are settled once, on the dense model, after calibration when the importance
+    gives budget weights.
     """
-    ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)
+    config.check(model)  # bad values fail before any work
+    entry = importance_entry(config.importance)
     batches, splits, pool = None, None, []
-    if importance in CALIBRATED_IMPORTANCES or recover_steps > 0:
-        batches, splits = calibration_batches(model, roots, calib_size, batch_size, seed, log, mask_threshold)
+    if entry.needs_calibration or config.recover_steps > 0:
+        batches, splits = calibration_batches(model, config, log)
         pool = [b for bs in batches.values() for b in bs]
+    weights = list(config.data_weights) if config.data_weights is not None else None
     calib_info, extra, budget_weights = None, {}, None
-    if importance == "taylor":
+    if entry.needs == "gradients":
         seen = accumulate_gradients(model, pool, batch_size=1)
         calib_info = {"datasets": list(batches), "samples": seen}
-        imp = make_importance("taylor")
-    elif importance in FISHER_IMPORTANCES:
-        cal = calibrate(model, batches, source=source, weights=data_weights, progress=progress)
-        imp = make_medcore_importance(model, statistics(model, cal), importance, data_weights, alpha)
+        imp = entry.build()
+    elif entry.needs == "fisher":
+        cal = calibrate(model, batches, source=source, weights=weights, progress=config.progress)
+        imp = make_medcore_importance(model, statistics(model, cal), entry.name, weights, config.alpha)
         calib_info = {"datasets": list(batches), "samples": cal.samples}
         extra = {
             "source_model_used": source is not None,
             "alpha_per_block": [s.alpha for s in imp.scores],
             "sensitivity_per_block": [s.sensitivity for s in imp.scores],
         }
-        if source is None and importance == "medcore":
+        if source is None and entry.name == "medcore":
             log("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
         budget_weights = sensitivity_weights(imp)
-        if ratio is not None:
-            # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation
-            # changes how many parameters a ratio removes: settle the ratios again with those weights.
-            ratios = settle_ratios(arch, ratio, None, None, protect, budget_weights)
     else:
-        imp = make_importance(importance)
-    adapter = adapter_for(arch)
-    budget = ratio_budget(
-        adapter.heads_per_block(arch.image_encoder), adapter.mlp_per_block(arch.image_encoder),
-        ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=budget_weights,
-    )
+        imp = entry.build()
+    # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation changes
+    # how many parameters a ratio removes, so the ratios are settled with those weights.
+    ratios = settle_ratios(model, config.ratios, budget_weights)
+    adapter, encoder = adapter_for(model), image_encoder(model)
+    budget = ratio_budget(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder),
+                          ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=budget_weights)
     recovery: list[dict] = []
+    steps, rbatch = config.recover_steps, config.recover_batch_size
 
     def run_stage(stage: str, remove: Callable[[], None]) -> None:
-        teacher = copy.deepcopy(model) if recover_steps > 0 else None
+        teacher = copy.deepcopy(model) if steps > 0 else None
         remove()
         if teacher is not None:
-            curve = recover(model, teacher, pool, steps=recover_steps, seed=seed + len(recovery),
-                            progress=progress, description=f"recovery after {stage}", batch_size=recover_batch_size)
-            recovery.append({"stage": stage, "steps": recover_steps, "batch_size": recover_batch_size, "loss": curve})
+            curve = recover(model, teacher, pool, steps=steps, seed=config.seed + len(recovery),
+                            progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch)
+            recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve})
             log(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
 
     plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
-    rows = scores_table(imp, plan) if importance in FISHER_IMPORTANCES else None
+    rows = scores_table(imp, plan) if entry.needs == "fisher" else None
     return PruneRun(plan=plan, budget=budget, ratios=ratios, calibration=calib_info, splits=splits,
                     scores_rows=rows, extra=extra, recovery=recovery)
-
-
-__all__ = ["PruneRun", "Ratios", "calibration_batches", "default_protection", "max_ratio", "run_prune",
-           "settle_ratios"]

@@ -19,20 +19,17 @@ from medcore_tp.arch import adapter_for
 from medcore_tp.budget import Budget
 from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import BlockPlan, Plan, apply_plan, build_graph, head_group, mlp_group, prepare_pruning
-
-IMPORTANCE_NAMES: tuple[str, ...] = ("magnitude", "taylor", "random")
+from medcore_tp.importance_registry import importance_entry
 
 
 def make_importance(name: str) -> tp.importance.Importance:
-    """A Torch-Pruning importance by CLI name (``magnitude``: L2 of the group's weights;
-    ``taylor``: |w * dL/dw|, needs gradients; ``random``)."""
-    if name == "magnitude":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "random":
-        return tp.importance.RandomImportance()
-    raise MedcoreError(f"--importance {name}: unknown, choose one of {', '.join(IMPORTANCE_NAMES)}")
+    """A data-free or gradient Torch-Pruning importance by registry name (``magnitude``, ``taylor``,
+    ``random``; see :mod:`medcore_tp.importance_registry`). ``taylor`` needs ``.grad`` filled."""
+    entry = importance_entry(name)
+    if entry.build is None:
+        raise MedcoreError(f"importance {name}: is built from calibration statistics "
+                           "(medcore_tp.recipe.make_medcore_importance), not by make_importance", "importance")
+    return entry.build()
 
 
 @dataclass

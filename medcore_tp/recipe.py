@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from segment_anything.modeling import Sam
+from torch import nn
 
 from medcore_tp.calibration import CalibrationBatch
 from medcore_tp.fisher import FisherResult, diagonal_fisher
@@ -46,9 +46,9 @@ class Calibration:
 
 
 def calibrate(
-    model: Sam,
+    model: nn.Module,
     sets: Mapping[str, Sequence[CalibrationBatch]],
-    source: Sam | None = None,
+    source: nn.Module | None = None,
     weights: Sequence[float] | None = None,
     progress: bool = False,
 ) -> Calibration:
@@ -68,7 +68,7 @@ def calibrate(
     return Calibration(names, target, src, src_state, list(weights) if weights is not None else None)
 
 
-def statistics(model: Sam, calibration: Calibration) -> list[BlockStats]:
+def statistics(model: nn.Module, calibration: Calibration) -> list[BlockStats]:
     """Per-block Dzero / Dreset / sensitivity from a calibration (dense model)."""
     return block_statistics(
         model,
@@ -79,7 +79,7 @@ def statistics(model: Sam, calibration: Calibration) -> list[BlockStats]:
 
 
 def make_medcore_importance(
-    model: Sam, stats: Sequence[BlockStats], kind: str = "medcore", weights: Sequence[float] | None = None,
+    model: nn.Module, stats: Sequence[BlockStats], kind: str = "medcore", weights: Sequence[float] | None = None,
     alpha: str | float = "auto", beta: float = DEFAULT_BETA,
 ) -> MedCoreImportance:
     """``medcore`` (Q) or ``boundary-fisher`` (Dzero only) importance from statistics."""

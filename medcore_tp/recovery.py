@@ -23,65 +23,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from segment_anything.modeling import Sam
+from torch import nn
 from tqdm.auto import tqdm
 
 from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
-from medcore_tp.fisher import boundary_band
 from medcore_tp.inference import decode_logits, input_size
-
-HIGH_FREQUENCY = 0.25  # cycles per pixel
+from medcore_tp.losses import morphological_band, recovery_loss
 
 
 def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
     """perimeter / (sqrt(area) + 1) per low-res mask (N, h, w); all-zero weights become uniform."""
-    perimeter = boundary_band(masks).flatten(1).sum(1)
+    perimeter = morphological_band(masks).flatten(1).sum(1)
     area = masks.flatten(1).float().sum(1)
     w = perimeter / (area.sqrt() + 1)
     return w if float(w.sum()) > 0 else torch.ones_like(w)
 
 
-def _high_frequency_mask(h: int, w: int, device) -> torch.Tensor:
-    fy = torch.fft.fftfreq(h, device=device)[:, None]
-    fx = torch.fft.rfftfreq(w, device=device)[None, :]
-    return (fy.pow(2) + fx.pow(2)).sqrt() > HIGH_FREQUENCY
-
-
-def recovery_loss(
-    logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    embedding: torch.Tensor,
-    teacher_embedding: torch.Tensor,
-    masks_low: torch.Tensor,
-    size: int,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The five-term recovery loss (module docstring) and its parts (detached 0-d tensors)."""
-    m_low = masks_low.float().unsqueeze(1)
-    up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-    m_up = F.interpolate(m_low, size=(size, size), mode="nearest")
-    bce_map = F.binary_cross_entropy_with_logits(up, m_up, reduction="none")
-    p = torch.sigmoid(up).flatten(1)
-    t = m_up.flatten(1)
-    dice = (2 * (p * t).sum(1) + 1e-5) / (p.sum(1) + t.sum(1) + 1e-5)  # per sample
-    seg = 0.5 * bce_map.mean() + 0.5 * (1 - dice).mean()
-    band_up = boundary_band(m_up.squeeze(1) > 0.5).unsqueeze(1)
-    boundary_bce = ((1 + 4 * band_up) * bce_map).mean()
-    distil = F.mse_loss(embedding, teacher_embedding)
-    band_low = boundary_band(masks_low).unsqueeze(1)
-    logit_distil = (band_low * (logits - teacher_logits).pow(2)).mean()
-    keep = _high_frequency_mask(logits.shape[-2], logits.shape[-1], logits.device)
-    spec = (torch.fft.rfft2(torch.sigmoid(logits)) - torch.fft.rfft2(m_low)).abs()
-    spectrum = spec[..., keep].mean()
-    total = seg + 1.0 * boundary_bce + 0.5 * distil + 2.0 * logit_distil + 0.5 * spectrum
-    parts = {"seg": seg, "boundary_bce": boundary_bce, "embedding": distil, "logit": logit_distil, "spectrum": spectrum}
-    return total, {k: v.detach() for k, v in parts.items()}  # 0-d tensors: no device sync per step
-
-
 def recover(
-    model: Sam,
-    teacher: Sam,
+    model: nn.Module,
+    teacher: nn.Module,
     pool: Sequence[CalibrationBatch],
     steps: int = 100,
     lr: float = 1e-5,
@@ -134,7 +95,7 @@ def recover(
     return losses.tolist()
 
 
-def _sample_loss(model: Sam, teacher: Sam, encoder: torch.nn.Module, x: torch.Tensor, box: torch.Tensor,
+def _sample_loss(model: nn.Module, teacher: nn.Module, encoder: torch.nn.Module, x: torch.Tensor, box: torch.Tensor,
                  m: torch.Tensor) -> torch.Tensor:
     """Recovery loss of ``model`` (its encoder run as ``encoder``, e.g. DDP-wrapped) against ``teacher``."""
     device = next(model.parameters()).device
@@ -148,7 +109,7 @@ def _sample_loss(model: Sam, teacher: Sam, encoder: torch.nn.Module, x: torch.Te
 
 
 @torch.no_grad()
-def pool_loss(model: Sam, teacher: Sam, pool: Sequence[CalibrationBatch]) -> float:
+def pool_loss(model: nn.Module, teacher: nn.Module, pool: Sequence[CalibrationBatch]) -> float:
     """Mean recovery loss of ``model`` against ``teacher`` over every sample of ``pool``."""
     losses = [float(_sample_loss(model, teacher, model.image_encoder, b.images[i : i + 1], b.boxes[i : i + 1],
                                  b.masks[i : i + 1]))

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from segment_anything.modeling import Sam
+from torch import nn
 
 from medcore_tp.evaluate import evaluate
 from medcore_tp.profile import measure_latency
@@ -43,7 +43,7 @@ def synthetic_eval_folder(root: str) -> str:
                                        seed=SYNTHETIC_EVAL_SEED))
 
 
-def snapshot(model: Sam, data_dirs: Sequence[str] | None, split: str = "test", repeats: int = 3,
+def snapshot(model: nn.Module, data_dirs: Sequence[str] | None, split: str = "test", repeats: int = 3,
              progress: bool = False, mask_threshold: float | None = None) -> Snapshot:
     """Measure ``model``: encoder latency and metrics on ``data_dirs`` (None: built-in synthetic set, tight boxes)."""
     latency = measure_latency(model, device=next(model.parameters()).device, repeats=repeats)["median_s"]

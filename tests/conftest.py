@@ -6,6 +6,20 @@ import pytest
 import torch
 
 from medcore_tp.models import build_model
+from medcore_tp.paths import DATA_ENV, data_root
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.needs_data("folder", ...)``: skip unless the data root (and those folders) exist."""
+    root = data_root()
+    for item in items:
+        mark = item.get_closest_marker("needs_data")
+        if mark is None:
+            continue
+        missing = [str(root / name) for name in mark.args if not (root / name).is_dir()]
+        if not root.is_dir() or missing:
+            where = missing[0] if missing else str(root)
+            item.add_marker(pytest.mark.skip(reason=f"no data at {where} (set {DATA_ENV} to the data folder)"))
 
 
 def randomise_rel_pos(model: torch.nn.Module, seed: int = 0) -> None:

@@ -44,11 +44,11 @@ def test_lower_weight_gives_less():
 @pytest.mark.parametrize(
     "heads_ratio, mlp_ratio, message",
     [
-        (1.0, 0.1, r"--heads-ratio 1.0: must be in \[0, 1\)"),
-        (-0.1, 0.1, r"--heads-ratio -0.1: must be in \[0, 1\)"),
-        (0.1, 1.5, r"--mlp-ratio 1.5: must be in \[0, 1\)"),
+        (1.0, 0.1, r"heads_ratio 1.0: must be in \[0, 1\)"),
+        (-0.1, 0.1, r"heads_ratio -0.1: must be in \[0, 1\)"),
+        (0.1, 1.5, r"mlp_ratio 1.5: must be in \[0, 1\)"),
         (0.9, 0.1, r"asks for 130 heads but at most 110 can go with blocks 10,11 protected \(largest ratio 0.7639\)"),
-        (0.1, 0.8, r"--mlp-ratio 0.8: asks for 29491 MLP channels but at most 29180 can go"),
+        (0.1, 0.8, r"mlp_ratio 0.8: asks for 29491 MLP channels but at most 29180 can go"),
     ],
 )
 def test_bad_ratios(heads_ratio, mlp_ratio, message):
@@ -57,7 +57,7 @@ def test_bad_ratios(heads_ratio, mlp_ratio, message):
 
 
 def test_bad_protected_block():
-    with pytest.raises(MedcoreError, match="--protect-blocks 12: the encoder has blocks 0-11"):
+    with pytest.raises(MedcoreError, match="protect 12: the encoder has blocks 0-11"):
         ratio_budget([12] * 12, [3072] * 12, 0.1, 0.1, protect=[12])
 
 
@@ -85,11 +85,20 @@ def test_every_ratio_lands_within_half_a_point():
 @pytest.mark.parametrize(
     "ratio, protect, message",
     [
-        (0.0, None, r"--ratio 0.0: must be in \(0, 0.7415\] with blocks 10,11 protected"),
-        (0.95, None, r"--ratio 0.95: must be in \(0, 0.8898\] with no block protected"),
-        (0.8, [10, 11], r"--ratio 0.8: must be in \(0, 0.7415\] with blocks 10,11 protected"),
+        (0.0, None, r"ratio 0.0: must be in \(0, 0.7415\] with blocks 10,11 protected"),
+        (0.95, None, r"ratio 0.95: must be in \(0, 0.8898\] with no block protected"),
+        (0.8, [10, 11], r"ratio 0.8: must be in \(0, 0.7415\] with blocks 10,11 protected"),
     ],
 )
 def test_ratio_outside_the_range_gives_the_maximum(ratio, protect, message):
     with pytest.raises(MedcoreError, match=message):
         _vit_b_rule(ratio, protect)
+
+
+def test_library_errors_name_parameters_and_the_cli_maps_them_to_flags():
+    from medcore_tp.cli._common import PARAM_FLAGS
+
+    with pytest.raises(MedcoreError) as err:
+        ratio_budget([12] * 12, [3072] * 12, 1.0, 0.1)
+    assert err.value.param == "heads_ratio" and str(err.value).startswith("heads_ratio 1.0:")
+    assert err.value.with_flags(PARAM_FLAGS) == "--heads-ratio 1.0: must be in [0, 1)"

@@ -115,3 +115,15 @@ def test_taylor_uses_calibration_gradients(tmp_path):
     assert "SYNTHETIC" in res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["calibration"] == {"datasets": ["synthetic"], "samples": 2}
+
+
+def test_every_command_treats_a_model_name_the_same_way(tmp_path):
+    from medcore_tp.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "d", n=2, size=64)
+    for command in (["evaluate", "--data", data, "--split", "all"], ["prune", "--ratio", 0.1]):
+        res = run(*command, "--model", "tiny", "--out", tmp_path / "o")
+        assert "--model tiny has no packaged weights: give --checkpoint PATH or --random-init" in _error(res)
+        res = run(*command, "--model", "tiny", "--random-init", "--checkpoint", tmp_path / "x.pth", "--out", tmp_path / "o")
+        assert "not both" in _error(res)
+    assert not (tmp_path / "o").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,10 @@ from click.testing import CliRunner
 
 from medcore_tp import build_model
 from medcore_tp.cli import main
+from medcore_tp.paths import data_root
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (SHARED / "kvasir-seg-256").is_dir(), reason="../shared/data is not on this machine")
+SHARED = data_root()  # $MEDCORE_DATA, else ../shared/data
+needs_data = pytest.mark.needs_data("kvasir-seg-256", "cvc-clinicdb-256")
 
 
 def run(*args):
@@ -172,8 +172,10 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
 
 
 def test_without_data_the_default_recovers_20_steps_per_stage(tmp_path):
-    res = run("prune", "--model", "tiny", "--random-init", "--ratio", 0.3, "--calib-size", 2, "--no-report",
-              "--no-progress", "--out", tmp_path / "o")
+    torch.manual_seed(0)
+    torch.save(build_model("tiny").state_dict(), tmp_path / "dense.pth")  # trained weights stand-in: not --random-init
+    res = run("prune", "--model", "tiny", "--checkpoint", tmp_path / "dense.pth", "--ratio", 0.3, "--calib-size", 2,
+              "--no-report", "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [(r["stage"], len(r["loss"])) for r in summary["recovery"]] == [("heads", 20), ("mlp", 20)]

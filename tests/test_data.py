@@ -12,9 +12,10 @@ from PIL import Image
 
 from medcore_tp import data as D
 from medcore_tp.errors import MedcoreError
+from medcore_tp.paths import data_root
 from medcore_tp.synthetic import synthetic_pairs, write_synthetic_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = data_root()  # $MEDCORE_DATA, else ../shared/data
 REAL_FOLDERS = ["kvasir-seg", "kvasir-seg-256", "cvc-clinicdb-256", "drive", "monuseg", "ct-organs-samed2d"]
 
 
@@ -182,7 +183,7 @@ def test_several_datasets_and_name_clash(tmp_path):
         D.load_datasets([tmp_path / "one", tmp_path / "x" / "one"])
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not on this machine")
+@pytest.mark.needs_data
 @pytest.mark.parametrize("folder", REAL_FOLDERS)
 def test_every_shared_folder_reads_as_it_is(folder):
     samples = D.discover(SHARED_DATA / folder)
@@ -327,7 +328,7 @@ def test_select_all_and_calibration(tmp_path):
     train = D.select_split(datasets, splits, "train")["one"]
     assert D.calibration_subset(train, 4) == train[:4]
     assert D.calibration_subset(train, 128) == train
-    with pytest.raises(MedcoreError, match="--split"):
+    with pytest.raises(MedcoreError, match="split bogus: must be one of"):
         D.select_split(datasets, splits, "bogus")
 
 
@@ -337,7 +338,7 @@ def test_select_all_and_calibration(tmp_path):
 
 def test_dataset_items_and_dataloader(tmp_path):
     root = make_dataset(tmp_path / "ds", ["a", "b", "c"], size=(24, 32))
-    ds = D.SegmentationDataset(D.discover(root), 64, box_mode="tight")
+    ds = D.SegmentationDataset(D.discover(root), D.InputSpec(64, 16), box_mode="tight")
     item = ds[0]
     assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (64, 64) and item["mask_low"].shape == (16, 16)
@@ -354,10 +355,10 @@ def test_dataset_items_and_dataloader(tmp_path):
 def test_dataset_box_modes(tmp_path):
     root = make_dataset(tmp_path / "ds", ["a", "b"])
     samples = D.discover(root)
-    tight = D.SegmentationDataset(samples, 64, box_mode="tight")[0]["box"]
-    det = D.SegmentationDataset(samples, 64, box_mode="deterministic", box_jitter=5)
+    tight = D.SegmentationDataset(samples, D.InputSpec(64, 16), box_mode="tight")[0]["box"]
+    det = D.SegmentationDataset(samples, D.InputSpec(64, 16), box_mode="deterministic", box_jitter=5)
     assert det[0]["box"].tolist() == det[0]["box"].tolist()
-    rnd = D.SegmentationDataset(samples, 64, box_mode="random", box_jitter=5)
+    rnd = D.SegmentationDataset(samples, D.InputSpec(64, 16), box_mode="random", box_jitter=5)
     torch.manual_seed(3)
     first = [rnd[0]["box"].tolist() for _ in range(8)]
     torch.manual_seed(3)
@@ -373,8 +374,8 @@ def test_dataset_skip_bad(tmp_path):
     (root / "images" / "b.png").write_bytes(b"garbage")
     samples = D.discover(root)
     with pytest.raises(MedcoreError, match="b.png"):
-        D.SegmentationDataset(samples, 32)[1]
-    ds = D.SegmentationDataset(samples, 32, skip_bad=True)
+        D.SegmentationDataset(samples, D.InputSpec(32, 8))[1]
+    ds = D.SegmentationDataset(samples, D.InputSpec(32, 8), skip_bad=True)
     batch = D.collate([ds[0], ds[1]])
     assert batch["index"] == [0] and batch["errors"][0][0] == 1 and "b.png" in batch["errors"][0][1]
 
@@ -382,7 +383,7 @@ def test_dataset_skip_bad(tmp_path):
 def test_empty_mask_gets_full_image_box(tmp_path):
     root = make_dataset(tmp_path / "ds", ["a"])
     Image.fromarray(np.zeros((24, 32), dtype=np.uint8)).save(root / "masks" / "a.png")
-    item = D.SegmentationDataset(D.discover(root), 64, box_jitter=5)[0]
+    item = D.SegmentationDataset(D.discover(root), D.InputSpec(64, 16), box_jitter=5)[0]
     assert item["box"].tolist() == [0, 0, 63, 63] and not item["mask"].any()
 
 

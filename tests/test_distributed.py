@@ -18,6 +18,8 @@ import torch
 from medcore_tp import load_pruned
 from medcore_tp.synthetic import write_synthetic_dataset
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -27,10 +27,12 @@ from medcore_tp.inference import (
     upsample_logits,
 )
 from medcore_tp.metrics import METRIC_NAMES, all_metrics
+from medcore_tp.models import input_spec
+from medcore_tp.paths import data_root
 from medcore_tp.synthetic import write_synthetic_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not on this machine")
+SHARED_DATA = data_root()  # $MEDCORE_DATA, else ../shared/data
+needs_shared = pytest.mark.needs_data
 
 
 @pytest.fixture
@@ -126,7 +128,7 @@ def test_end_to_end_on_shared_data(model, tmp_path):
     assert summary["model"]["input_size"] == 128
 
     # The first row, recomputed by hand from the lower-level pieces.
-    item = SegmentationDataset(discover(kvasir), 128, box_jitter=5)[0]
+    item = SegmentationDataset(discover(kvasir), input_spec(model), box_jitter=5)[0]
     logits = predict_logits(model, item["image"][None], item["box"][None])
     pred = logits_to_masks(upsample_logits(logits, (128, 128)))[0].numpy()
     expected = all_metrics(pred, item["mask"].numpy(), empty_distance=128)

@@ -10,6 +10,7 @@ from medcore_tp import MedcoreError
 from medcore_tp.calibration import CalibrationBatch, synthetic_batch
 from medcore_tp.fisher import boundary_band, calibration_loss, diagonal_fisher
 from medcore_tp.inference import forward_logits
+from medcore_tp.models import input_spec
 
 
 def _loss_by_hand(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def test_band_is_dilation_minus_erosion():
 
 
 def test_batched_fisher_equals_a_plain_batch1_loop(tiny_model):
-    batch = synthetic_batch(4, 128, seed=3)
+    batch = synthetic_batch(4, input_spec(tiny_model), seed=3)
     encoder = tiny_model.image_encoder
     expected = {n: torch.zeros_like(p) for n, p in encoder.named_parameters()}
     tiny_model.train()
@@ -64,7 +65,7 @@ def test_batched_fisher_equals_a_plain_batch1_loop(tiny_model):
 
 
 def test_non_finite_samples_are_skipped_and_counted(tiny_model):
-    batch = synthetic_batch(3, 128)
+    batch = synthetic_batch(3, input_spec(tiny_model))
     batch.images[1] = float("nan")
     res = diagonal_fisher(tiny_model, [batch])
     assert (res.samples, res.skipped) == (2, 1)
@@ -72,7 +73,7 @@ def test_non_finite_samples_are_skipped_and_counted(tiny_model):
 
 
 def test_all_non_finite_is_an_error(tiny_model):
-    batch = synthetic_batch(2, 128)
+    batch = synthetic_batch(2, input_spec(tiny_model))
     batch.images[:] = float("inf")
     with pytest.raises(MedcoreError, match="all 2 samples gave non-finite gradients"):
         diagonal_fisher(tiny_model, [batch])

@@ -174,8 +174,9 @@ def test_bad_plans_are_refused_before_anything_changes(tiny_model, plan, message
 
 def test_taylor_budget_removes_the_lowest_first_order_heads(tiny_model):
     from medcore_tp.calibration import accumulate_gradients, synthetic_batch
+    from medcore_tp.models import input_spec
 
-    assert accumulate_gradients(tiny_model, [synthetic_batch(2, 128)]) == 2
+    assert accumulate_gradients(tiny_model, [synthetic_batch(2, input_spec(tiny_model))]) == 2
     enc = tiny_model.image_encoder
     scores = []  # independent: |w * dL/dw| summed over each head's qkv rows and proj columns
     for b in enc.blocks:

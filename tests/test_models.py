@@ -96,10 +96,10 @@ def test_pruned_checkpoint_where_a_dense_one_is_expected(tmp_path, tiny_model):
 def test_pruned_checkpoint_of_another_architecture(tmp_path, tiny_model):
     path = tmp_path / "pruned.pth"
     save_pruned(tiny_model, path, base="tiny")
-    with pytest.raises(MedcoreError, match="was pruned from tiny, which is not the architecture of --model medsam"):
+    with pytest.raises(MedcoreError, match="was pruned from tiny, which is not the architecture of model medsam"):
         load_model("medsam", path)
 
 
 def test_unknown_model_name():
-    with pytest.raises(MedcoreError, match="--model vit-z: unknown model"):
+    with pytest.raises(MedcoreError, match="model vit-z: unknown model"):
         build_model("vit-z")

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 
 from medcore_tp import BlockPlan, apply_plan, prepare_pruning
 from medcore_tp.calibration import calibration_sets, synthetic_batch
+from medcore_tp.models import input_spec
+from medcore_tp.paths import data_root
 from medcore_tp.recovery import pool_loss, recover, recovery_loss, sampling_weights
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = data_root()  # $MEDCORE_DATA, else ../shared/data
 
 
-def _pool(size):
+def _pool(spec):
     if (SHARED / "kvasir-seg-256").is_dir():
-        return calibration_sets([str(SHARED / "kvasir-seg-256")], 6, size).batches["kvasir-seg-256"]
-    return [synthetic_batch(6, size)]
+        return calibration_sets([str(SHARED / "kvasir-seg-256")], 6, spec).batches["kvasir-seg-256"]
+    return [synthetic_batch(6, spec)]
 
 
 def test_sampling_weights_follow_perimeter_over_sqrt_area():
@@ -32,7 +33,7 @@ def test_sampling_weights_follow_perimeter_over_sqrt_area():
 
 
 def test_loss_is_zero_distillation_for_a_perfect_copy(tiny_model):
-    batch = synthetic_batch(1, 128)
+    batch = synthetic_batch(1, input_spec(tiny_model))
     emb = tiny_model.image_encoder(batch.images)
     from medcore_tp.inference import decode_logits
 
@@ -43,7 +44,7 @@ def test_loss_is_zero_distillation_for_a_perfect_copy(tiny_model):
 
 
 def test_recovery_lowers_its_loss_and_moves_towards_the_teacher(tiny_model):
-    pool = _pool(128)
+    pool = _pool(input_spec(tiny_model))
     teacher = copy.deepcopy(tiny_model)
     prepare_pruning(tiny_model)
     apply_plan(tiny_model.image_encoder, {b: BlockPlan(heads=(0, 1), mlp=tuple(range(128))) for b in range(4)})

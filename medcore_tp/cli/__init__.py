@@ -15,7 +15,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MedcoreError as exc:
-            raise click.UsageError(str(exc)) from None
+            from medcore_tp.cli._common import PARAM_FLAGS
+
+            raise click.UsageError(exc.with_flags(PARAM_FLAGS)) from None
         except (KeyboardInterrupt, Interrupted) as exc:
             # One line saying what was kept, and the shell's convention for SIGINT (128 + 2).
             kept = str(exc) if isinstance(exc, Interrupted) else "nothing was written"

@@ -9,12 +9,38 @@ import click
 import torch
 
 from medcore_tp.errors import MedcoreError
-from medcore_tp.models import MODEL_NAMES
+from medcore_tp.models import MODEL_NAMES, default_weights
 from medcore_tp.outdir import RunFolder
 
 model_option = click.option(
     "--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="Model architecture."
 )
+
+# Library parameter names (MedcoreError.param) -> the flags that set them; the CLI's error lines name flags.
+PARAM_FLAGS = {
+    "model": "--model", "ratio": "--ratio", "heads_ratio": "--heads-ratio", "mlp_ratio": "--mlp-ratio",
+    "protect": "--protect-blocks", "importance": "--importance", "alpha": "--alpha", "data": "--data",
+    "data_weights": "--data-weights", "resize_mode": "--resize-mode", "split": "--split",
+    "resolution": "--resolution", "batch_size": "--batch-size", "box_jitter": "--box-jitter",
+    "calib_size": "--calib-size", "device": "--device", "resume": "--resume", "mask_threshold": "--mask-threshold",
+}
+
+
+def choose_weights(model_name: str, checkpoint: str | None, random_init: bool) -> str | None:
+    """The weights a command loads, the same way in every command: ``--checkpoint`` when given, else
+    the model's packaged weights (``lite-medsam``), else ``--random-init`` must have been asked for.
+    Returns a path, ``"packaged"``, or None for random weights."""
+    if checkpoint is not None and random_init:
+        raise click.UsageError("give either --checkpoint PATH or --random-init, not both")
+    if checkpoint is not None:
+        return checkpoint
+    if random_init:
+        return None
+    packaged = default_weights(model_name)
+    if packaged is None:
+        raise click.UsageError(f"--model {model_name} has no packaged weights: give --checkpoint PATH or "
+                               "--random-init (random weights must be asked for)")
+    return packaged
 
 
 def parse_int_list(option: str, text: str | None) -> list[int]:

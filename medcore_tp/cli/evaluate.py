@@ -8,6 +8,7 @@ import torch
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
 from medcore_tp.cli._common import (
+    choose_weights,
     guarded,
     mask_threshold_option,
     model_option,
@@ -17,9 +18,11 @@ from medcore_tp.cli._common import (
 )
 from medcore_tp.data import load_datasets
 from medcore_tp.errors import MedcoreError
+from medcore_tp.evaluate import EvalConfig
 from medcore_tp.evaluate import evaluate as run_evaluation
 from medcore_tp.maskcheck import check_masks
 from medcore_tp.metrics import METRIC_NAMES
+from medcore_tp.models import PACKAGED
 from medcore_tp.outdir import RunFolder
 
 
@@ -29,7 +32,8 @@ def _fmt(value: float | None) -> str:
 
 @main.command("evaluate")
 @model_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Dense or medcore-tp pruned checkpoint.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Dense or medcore-tp pruned checkpoint [default: the model's packaged weights (lite-medsam)].")
 @click.option("--random-init", is_flag=True, help="Evaluate random weights (smoke tests, timing).")
 @click.option("--data", "data", required=True, help="Dataset folder(s) with images/ and masks/, comma-separated.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
@@ -58,8 +62,11 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
              resolution: str, resize_mode: str, batch_size: int, workers: int, device: str, seed: int,
              skip_bad: bool, no_progress: bool) -> None:
     """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
-    if (checkpoint is None) == (not random_init):
-        raise MedcoreError("give exactly one of --checkpoint PATH and --random-init")
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
+    config = EvalConfig(split=split, splits_path=splits_file, box_jitter=box_jitter, seed=seed, batch_size=batch_size,
+                        num_workers=workers, skip_bad=skip_bad, resolution=resolution,
+                        resize_mode=None if resize_mode == "auto" else resize_mode, mask_threshold=mask_threshold)
+    config.check()
     data_dirs = [part.strip() for part in data.split(",") if part.strip()]
     if not data_dirs:
         raise MedcoreError("--data: no folder given")
@@ -68,7 +75,7 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     mask_counts = check_masks(load_datasets(data_dirs, mask_threshold), mask_threshold)
     folder = RunFolder(out_dir, "evaluate", overwrite=overwrite, inputs=[checkpoint, splits_file])
     folder.check()
-    if random_init:
+    if checkpoint is None:
         torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
     model, record = load_model(model_name, checkpoint)
     model.to(dev)
@@ -78,11 +85,7 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
         decisions = [f"--overwrite removed the earlier run's {', '.join(folder.removed)}"] if folder.removed else []
         for line in decisions:
             click.echo(f"note: {line}")
-        result = run_evaluation(model, data_dirs, split=split, splits_path=splits_file, out_dir=out_dir,
-                                box_jitter=box_jitter, seed=seed, batch_size=batch_size, num_workers=workers,
-                                skip_bad=skip_bad, resolution=resolution,
-                                mode=None if resize_mode == "auto" else resize_mode, progress=not no_progress,
-                                model_info=info, mask_threshold=mask_threshold,
+        result = run_evaluation(model, data_dirs, config, out_dir=out_dir, progress=not no_progress, model_info=info,
                                 notes={"masks": mask_counts, "decisions": decisions})
     summary = result.summary
     if result.splits is not None:
@@ -90,7 +93,8 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     rows = [(name, d["n"], d["skipped"], *(_fmt(d[m]) for m in METRIC_NAMES)) for name, d in summary["datasets"].items()]
     macro = summary["macro"]
     rows.append(("macro", summary["n_images"], summary["n_skipped"], *(_fmt(macro[m]) for m in METRIC_NAMES)))
-    kind = "pruned" if record else ("random init" if random_init else "dense")
+    kind = "pruned" if record else ("random init" if checkpoint is None else
+                                    "packaged weights" if checkpoint == PACKAGED else "dense")
     scope = "all images" if split == "all" else f"{split} split"
     click.echo(f"{model_name} ({kind}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
                f"resize, metrics at {resolution} resolution")

@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 
 import click
+import torch
 
 from medcore_tp.atomic import save_json
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
 from medcore_tp.cli._common import (
+    choose_weights,
     guarded,
     mask_threshold_option,
     model_option,
@@ -27,7 +29,9 @@ from medcore_tp.outdir import RunFolder
 
 @main.command("finetune")
 @model_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="Dense or pruned checkpoint.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Dense or pruned checkpoint [default: the model's packaged weights (lite-medsam)].")
+@click.option("--random-init", is_flag=True, help="Fine-tune from random weights (must be asked for).")
 @click.option("--data", required=True, help="Dataset folder(s), comma-separated (train and val splits are used).")
 @click.option("--splits", type=click.Path(dir_okay=False), default=None,
               help="splits.json to reuse (created if missing; never rewritten: datasets it lacks get new splits, "
@@ -43,16 +47,18 @@ from medcore_tp.outdir import RunFolder
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/finetune", show_default=True)
 @overwrite_option
-def finetune_cmd(model_name, checkpoint, data, splits, mask_threshold, epochs, batch_size, lr, patience, device,
+def finetune_cmd(model_name, checkpoint, random_init, data, splits, mask_threshold, epochs, batch_size, lr, patience, device,
                  seed, resume, no_progress, out_dir, overwrite) -> None:
     """Train encoder and mask decoder (prompt encoder frozen); keeps the best validation checkpoint.
 
     Runs under ``torchrun --nproc_per_node N`` as well: --batch-size is per process.
     """
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
     dev = init_from_env(parse_device(device))
     # Checked before anything is written: data folders and masks, the checkpoint, --out.
     datasets = load_datasets([r for r in data.split(",") if r.strip()], mask_threshold)
     mask_counts = check_masks(datasets, mask_threshold, log=click.echo if is_main() else _quiet)
+    torch.manual_seed(seed)  # random weights (--random-init) are the same on every rank
     model, record = load_model(model_name, checkpoint)
     folder = RunFolder(out_dir, "finetune", overwrite=overwrite, resume=resume, inputs=[checkpoint, splits])
     if is_main():

@@ -15,6 +15,7 @@ from medcore_tp.atomic import save_json, save_text
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
 from medcore_tp.cli._common import (
+    choose_weights,
     gflops,
     guarded,
     mask_threshold_option,
@@ -26,22 +27,14 @@ from medcore_tp.cli._common import (
 from medcore_tp.data import load_datasets
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
+from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, IMPORTANCE_NAMES
 from medcore_tp.maskcheck import check_masks
-from medcore_tp.models import MODEL_NAMES, PACKAGED, build_model
+from medcore_tp.models import MODEL_NAMES, build_model
 from medcore_tp.outdir import RunFolder
-from medcore_tp.pipeline import (
-    CALIBRATED_IMPORTANCES,
-    default_protection,
-    max_ratio,
-    run_prune,
-    settle_ratios,
-)
+from medcore_tp.pipeline import PruneConfig, RatioRequest, default_protection, max_ratio, run_prune
 from medcore_tp.profile import profile_model
 from medcore_tp.prune import summary
 from medcore_tp.report import snapshot
-
-IMPORTANCES = ("medcore", "boundary-fisher", "magnitude", "taylor", "random")
-PACKAGED_MODELS = ("lite-medsam",)  # models whose trained weights ship with a package
 
 
 def _float_list(option: str, text: str | None) -> list[float] | None:
@@ -65,7 +58,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @mask_threshold_option
 @click.option("--ratio", type=float, default=None,
               help="Fraction of encoder parameters to remove (0.6 = paper); not together with --heads-ratio/--mlp-ratio.")
-@click.option("--importance", type=click.Choice(IMPORTANCES), default="medcore", show_default=True)
+@click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="medcore", show_default=True)
 @click.option("--heads-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL heads to remove.")
 @click.option("--mlp-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL MLP channels to remove.")
 @click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
@@ -97,14 +90,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     """
     decisions: list[str] = []
     log = click.echo if is_main() else _quiet
-    if checkpoint is None and not random_init and model_name in PACKAGED_MODELS:
-        checkpoint = PACKAGED
-    if (checkpoint is None) == (not random_init):
-        raise click.UsageError("give either --checkpoint PATH or --random-init (pruning random weights must be asked for)")
+    checkpoint = choose_weights(model_name, checkpoint, random_init)
     quick = not data  # the built-in default: small calibration, short recovery, a report
-    calib_size = calib_size if calib_size is not None else (8 if quick else 128)
-    alpha_value = _parse_alpha(alpha)
-    protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
     if ratio is not None and (heads_ratio is not None or mlp_ratio is not None):
         raise click.UsageError("--ratio and --heads-ratio/--mlp-ratio exclude each other: give --ratio R, "
                                "or --heads-ratio and --mlp-ratio")
@@ -112,18 +99,9 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         raise click.UsageError("--heads-ratio and --mlp-ratio go together")
     if heads_ratio is None and ratio is None:
         raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
+    protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
     roots = [r for r in (data or "").split(",") if r.strip()]
     weights = _data_weights(data_weights, len(roots))
-    arch = build_model(model_name, device="meta")
-    ratios = settle_ratios(arch, ratio, heads_ratio, mlp_ratio, protect)  # bad ratios fail before any work
-    lifted = ratio is not None and protect is None and ratios.protect != default_protection(arch)
-    if lifted:
-        shown = ",".join(map(str, default_protection(arch)))
-        log(f"note: --ratio {ratio} cannot be reached with blocks {shown} protected (at most "
-            f"{max_ratio(arch, default_protection(arch)):.4f}): protection lifted, every block may be pruned "
-            f"(--protect-blocks chooses)")
-        decisions.append(f"protection of blocks {shown} lifted: --ratio {ratio} exceeds "
-                         f"{max_ratio(arch, default_protection(arch)):.4f}, the most reachable with them protected")
     if recover_steps is None:
         if random_init:
             recover_steps = 0
@@ -133,12 +111,34 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         else:
             recover_steps = QUICK_RECOVER_STEPS if quick else 100
     report = quick if report is None else report
-    dev = init_from_env(parse_device(device))
-    mask_counts = None
-    uses_data = importance in CALIBRATED_IMPORTANCES or recover_steps > 0 or report
-    if roots and not uses_data:
+    config = PruneConfig(
+        importance=importance,
+        ratios=RatioRequest(ratio, heads_ratio, mlp_ratio, None if protect is None else tuple(protect)),
+        data=tuple(roots),
+        data_weights=None if weights is None else tuple(weights),
+        alpha=_parse_alpha(alpha),
+        calib_size=calib_size if calib_size is not None else (8 if quick else 128),
+        batch_size=batch_size,
+        recover_steps=recover_steps,
+        recover_batch_size=recover_batch_size,
+        seed=seed,
+        progress=not no_progress,
+        mask_threshold=mask_threshold,
+    )
+    arch = build_model(model_name, device="meta")
+    ratios = config.check(arch)  # bad values fail before any work
+    default = default_protection(arch)
+    if ratio is not None and protect is None and ratios.protect != default:
+        shown, most = ",".join(map(str, default)), max_ratio(arch, default)
+        log(f"note: --ratio {ratio} cannot be reached with blocks {shown} protected (at most {most:.4f}): "
+            f"protection lifted, every block may be pruned (--protect-blocks chooses)")
+        decisions.append(f"protection of blocks {shown} lifted: --ratio {ratio} exceeds {most:.4f}, the most "
+                         f"reachable with them protected")
+    if roots and not (importance in CALIBRATED_IMPORTANCES or recover_steps > 0 or report):
         log(f"note: --data is not used: {importance} importance without recovery or report needs no images")
         decisions.append(f"--data not used ({importance} importance, no recovery, no report)")
+    dev = init_from_env(parse_device(device))
+    mask_counts = None
     if roots:  # data folders and their masks, before any model work
         mask_counts = check_masks(load_datasets(roots, mask_threshold), mask_threshold, log=log)
     folder = RunFolder(out_dir, "prune", overwrite=overwrite, inputs=[checkpoint, source_checkpoint])
@@ -159,13 +159,9 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
     with guarded(folder if is_main() else None):
         before = profile_model(model)
-        shown_before = snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold) if report else None
-        run = run_prune(
-            model, arch, importance, ratio, heads_ratio, mlp_ratio, protect, roots=roots, source=source,
-            data_weights=weights, alpha=alpha_value, calib_size=calib_size, batch_size=batch_size,
-            recover_steps=recover_steps, recover_batch_size=recover_batch_size, seed=seed, progress=not no_progress,
-            log=log, mask_threshold=mask_threshold,
-        )
+        shown_before = (snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold)
+                        if report else None)
+        run = run_prune(model, config, source=source, log=log)
         after = profile_model(model)
         extra = dict(run.extra)
         if report:
@@ -186,7 +182,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
             model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
             ratio=ratio, ratio_rule=None if ratios.rule is None else vars(ratios.rule), heads_ratio=ratios.heads_ratio,
             mlp_ratio=ratios.mlp_ratio, protect_blocks=ratios.protect,
-            protection_lifted=ratio is not None and protect is None and ratios.protect != default_protection(arch),
+            protection_lifted=ratio is not None and protect is None and ratios.protect != default,
             alpha=alpha, data=roots, data_weights=weights, mask_threshold=mask_threshold, masks=mask_counts,
             calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
             recover_steps=recover_steps, decisions=decisions, seconds=time.perf_counter() - start, **extra,
@@ -235,7 +231,7 @@ def _parse_alpha(alpha: str) -> str | float:
     except ValueError:
         value = -1.0
     if not 0.0 <= value <= 1.0:
-        raise MedcoreError(f"--alpha {alpha}: must be 'auto' or a number in [0, 1]")
+        raise MedcoreError(f"alpha {alpha}: must be 'auto' or a number in [0, 1]", "alpha")
     return value
 
 

