@@ -114,7 +114,8 @@ CASES = [
     ("prune-protect-text", [*PRUNE, "--protect-blocks", "x"], 2, "'x' is not a comma-separated list", None),
     ("prune-alpha", [*PRUNE, "--alpha", "2"], 2, "--alpha 2: must be 'auto' or a number in [0, 1]", None),
     ("prune-calib-size", [*PRUNE, "--calib-size", "0"], 2, "Invalid value for '--calib-size'", None),
-    ("prune-no-weights", ["prune", "--model", "tiny", "--ratio", "0.3"], 2, "give either --checkpoint PATH or --random-init", None),
+    ("prune-no-weights", ["prune", "--model", "tiny", "--ratio", "0.3"], 2,
+     "--model tiny has no packaged weights: give --checkpoint PATH or --random-init", None),
     ("prune-device", [*PRUNE, "--device", "gpu0"], 2, "--device gpu0: not a torch device", None),
     # prune: data weights, all before any work
     ("weights-negative", [*PRUNE, "--data", "{ws}/ds,{ws}/ds2", "--data-weights", "-1,2"], 2,
@@ -154,8 +155,10 @@ CASES = [
     ("prune-overwrite-input", ["prune", "--model", "tiny", "--checkpoint", "{ws}/prev/pruned.pth", "--ratio", "0.2",
                                "--out", "{ws}/prev", "--overwrite"], 2, "an input of this run", "prev"),
     # evaluate
-    ("eval-no-weights", ["evaluate", "--model", "tiny", "--data", "{ws}/ds"], 2, "give exactly one of --checkpoint", None),
-    ("eval-both-weights", [*EVAL, "--checkpoint", "{ws}/tiny.pth"], 2, "give exactly one of --checkpoint", None),
+    ("eval-no-weights", ["evaluate", "--model", "tiny", "--data", "{ws}/ds"], 2, "--model tiny has no packaged weights",
+     None),
+    ("eval-both-weights", [*EVAL, "--checkpoint", "{ws}/tiny.pth"], 2,
+     "give either --checkpoint PATH or --random-init, not both", None),
     ("eval-no-data", ["evaluate", *TINY, "--data", ","], 2, "--data: no folder given", None),
     ("eval-data-file", ["evaluate", *TINY, "--data", "{ws}/file.txt"], 2, "is a file, not a folder", None),
     ("eval-data-missing", ["evaluate", *TINY, "--data", "{ws}/nothing"], 2, "does not exist", None),

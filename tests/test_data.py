@@ -455,12 +455,13 @@ def test_every_box_is_made_from_the_original_mask(tmp_path, box_mode):
     Image.fromarray(np.full((1000, 1000, 3), 90, np.uint8)).save(root / "images" / "a.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / "a.png")
     samples = D.discover(root)
-    item = D.SegmentationDataset(samples, 100, box_mode=box_mode, box_jitter=3)[0]
+    spec = D.InputSpec(100, 25)
+    item = D.SegmentationDataset(samples, spec, box_mode=box_mode, box_jitter=3)[0]
     x0, y0, x1, y1 = item["box"].tolist()
     if box_mode == "tight":
         assert [x0, y0, x1, y1] == [30, 40, 95, 59]
     else:  # widened from the same box, each side by 0-3 px
         assert 27 <= x0 <= 30 and 37 <= y0 <= 40 and 95 <= x1 <= 98 and 59 <= y1 <= 62
-    assert batches_from_samples(samples, 100)[0].boxes[0].tolist() == [30, 40, 95, 59]  # calibration
+    assert batches_from_samples(samples, spec)[0].boxes[0].tolist() == [30, 40, 95, 59]  # calibration
     image = np.full((1000, 1000, 3), 90, np.float32)
-    assert batch_from_pairs([(image, mask)], 100).boxes[0].tolist() == [30, 40, 95, 59]
+    assert batch_from_pairs([(image, mask)], spec).boxes[0].tolist() == [30, 40, 95, 59]
