@@ -1,6 +1,6 @@
 """Evaluation: datasets -> box-prompted inference -> metrics per image -> per-dataset and macro means.
 
-Defaults follow METHOD.md: test split (seeded 60/20/20 per dataset), test boxes widened by 0-5 px
+Defaults follow docs/method.md: test split (seeded 60/20/20 per dataset), test boxes widened by 0-5 px
 deterministically per file, metrics at the model's input resolution with the ground truth resized
 nearest-neighbour (``resolution="original"`` compares at each image's own size instead).
 """
@@ -116,7 +116,7 @@ def _choose_samples(
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How an evaluation runs (METHOD.md defaults); ``medcore-tp evaluate`` builds one from its flags.
+    """How an evaluation runs (docs/method.md defaults); ``medcore-tp evaluate`` builds one from its flags.
 
     ``split``: ``test``, ``val``, ``train`` or ``all``. ``splits_path``: a splits file to reuse (written
     when missing). ``box_jitter``: each box side widened by a fixed 0..N px per file (0: tight).

@@ -50,7 +50,7 @@ CURVES_FILE = "curves.csv"
 
 @dataclass
 class FinetuneConfig:
-    """Hyper-parameters (METHOD.md defaults)."""
+    """Hyper-parameters (docs/method.md defaults)."""
 
     epochs: int = 20
     batch_size: int = 4

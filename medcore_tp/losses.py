@@ -2,13 +2,13 @@
 
 Three losses, because three jobs ask different things (docs/method.md):
 
-* :func:`calibration_loss` - the boundary-aware Fisher's loss (METHOD.md "Calibration"): BCE summed
+* :func:`calibration_loss` - the boundary-aware Fisher's loss (docs/method.md "Calibration"): BCE summed
   over pixels and weighted ``1 + 3 B`` on the boundary band B, plus a Dice loss with a squared
   denominator. Summed, not averaged, over pixels, so the Fisher has the paper's scale; the band weight
   is what makes the Fisher "boundary-aware".
 * :func:`segmentation_losses` - plain BCE (pixel mean) + squared-denominator soft Dice, per sample:
   MedSAM's own training loss, used for fine-tuning and for the Taylor importance's gradients.
-* :func:`recovery_loss` - the five-term distillation after each cascade stage (METHOD.md "Recovery"),
+* :func:`recovery_loss` - the five-term distillation after each cascade stage (docs/method.md "Recovery"),
   at the input resolution, with a linear-denominator Dice as in the reference recipe.
 
 Two different bands appear in the project and have two names: :func:`morphological_band` here (the

@@ -1,4 +1,4 @@
-"""Segmentation metrics on 2-D boolean masks, with the conventions of METHOD.md ("Metrics").
+"""Segmentation metrics on 2-D boolean masks, with the conventions of docs/method.md ("Metrics").
 
 Every function takes ``pred`` and ``gt`` as 2-D arrays of the same shape (anything that is not
 ``bool`` is read as ``!= 0``) and returns a Python float. Distances and tolerances are in pixels
@@ -133,7 +133,7 @@ def _empty_case(pred: np.ndarray, gt: np.ndarray, both: float, one: float) -> fl
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
-    """Boundary F1 at ``tolerance`` pixels (METHOD.md), in [0, 1].
+    """Boundary F1 at ``tolerance`` pixels (docs/method.md), in [0, 1].
 
     Bp, Bg are the boundary bands of :func:`tolerance_band` (5x5 square morphology for tolerance 2).
     Precision = |Bp ∧ dilate(Bg)| / |Bp|, recall = |Bg ∧ dilate(Bp)| / |Bg|, dilations with the same
@@ -158,7 +158,7 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
 def inner_surface(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
     """Mask pixels that touch the background: m and not erode(m).
 
-    ``connectivity=2`` erodes with a 3x3 square (METHOD.md: a pixel is on the surface when any of
+    ``connectivity=2`` erodes with a 3x3 square (docs/method.md: a pixel is on the surface when any of
     its 8 neighbours is background); ``connectivity=1`` erodes with a cross (4 neighbours), which
     is what MONAI's ``get_mask_edges`` (scipy's default structure) does.
     """
@@ -216,7 +216,7 @@ def hausdorff(
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray, empty_distance: float | None = None, connectivity: int = 2) -> float:
-    """95th-percentile Hausdorff distance in pixels (METHOD.md); see :func:`hausdorff`.
+    """95th-percentile Hausdorff distance in pixels (docs/method.md); see :func:`hausdorff`.
 
     Inner surfaces m and not erode3x3(m), Euclidean distance transform, larger of the two directed
     95th percentiles. Both masks empty -> 0.0; exactly one empty -> ``empty_distance`` (default: the

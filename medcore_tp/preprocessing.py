@@ -1,6 +1,6 @@
 """Preprocessing for a model's input frame: the input spec, fitting images and masks, box prompts.
 
-Follows METHOD.md ("Data and prompts", docs/method.md): image -> 3 channels -> fitted into the
+Follows docs/method.md ("Data and prompts"): image -> 3 channels -> fitted into the
 model's S x S input (bicubic, anti-aliased) -> min-max to [0, 1]; mask binarised and nearest-neighbour
 fitted the same way, at the input size and at the decoder's logit size; box from the ORIGINAL mask's
 bounding box, scaled into the input frame (:func:`scaled_box`). Two ways to fit an image into the square (``RESIZE_MODES``):

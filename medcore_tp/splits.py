@@ -1,6 +1,6 @@
 """Seeded train / val / test splits per dataset, the splits file, and the calibration subset.
 
-Each dataset is split on its own (METHOD.md: seed 42, 60/20/20); ``splits.json`` records the split so
+Each dataset is split on its own (docs/method.md: seed 42, 60/20/20); ``splits.json`` records the split so
 that pruning, evaluation and fine-tuning see the same images.
 """
 

@@ -14,7 +14,7 @@ from medcore_tp.models import input_spec
 
 
 def _loss_by_hand(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """METHOD.md's loss written out for one (h, w) logit map, with explicit loops for the band."""
+    """docs/method.md's loss written out for one (h, w) logit map, with explicit loops for the band."""
     h, w = m.shape
     band = torch.zeros(h, w)
     for i in range(h):

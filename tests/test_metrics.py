@@ -264,7 +264,7 @@ def test_nsd_against_monai_subvoxel_surface_dice(monai_metrics):
 
 
 def test_hd95_against_monai_with_its_surface_convention(monai_metrics):
-    # MONAI takes the surface with a cross (4-neighbour) erosion; ours takes METHOD.md's 3x3 square.
+    # MONAI takes the surface with a cross (4-neighbour) erosion; ours takes docs/method.md's 3x3 square.
     # With connectivity=1 both definitions agree, so the distances and percentiles must match.
     for pred, gt in random_masks(23) + smooth_large_masks(25, count=4):
         ref = _monai(monai_metrics.compute_hausdorff_distance, _t(pred), _t(gt), include_background=True,

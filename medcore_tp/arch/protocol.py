@@ -35,7 +35,7 @@ class Adapter(Protocol):
 
     def prepare(self, encoder: nn.Module) -> nn.Module:
         """Make ``encoder`` traceable by Torch-Pruning, in place and idempotent; same function, same
-        parameters and state-dict keys (the workarounds live in the family's ``*_tp`` module)."""
+        parameters and state-dict keys (applies the family's ``*_tp`` workarounds; docs/design.md)."""
 
     def head_dims(self, encoder: nn.Module) -> list[int]:
         """Value channels per head of each block (fixed by pruning)."""

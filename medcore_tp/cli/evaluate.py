@@ -47,7 +47,7 @@ def _fmt(value: float | None) -> str:
               help="Folder for per_image.csv, summary.json (and splits.json).")
 @overwrite_option
 @click.option("--resolution", type=click.Choice(["input", "original"]), default="input", show_default=True,
-              help="Compare masks at the model's input size (METHOD.md) or at each image's own size.")
+              help="Compare masks at the model's input size (docs/method.md) or at each image's own size.")
 @click.option("--resize-mode", type=click.Choice(["auto", "square", "longest-side"]), default="auto", show_default=True,
               help="Fit images into the input: the model's own (auto: square for SAM/MedSAM, longest-side "
                    "padded for LiteMedSAM), square (stretched) or longest-side (aspect kept, zero-padded).")
