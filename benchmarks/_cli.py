@@ -18,11 +18,13 @@ def polyp_data(data_root: str) -> str:
 
 def run_cli(done: str, *args: str) -> float:
     """Run ``python -m medcore_tp ARGS --no-progress`` unless ``done`` exists already (a finished step
-    of an earlier run); returns its wall time in seconds (0 when reused)."""
+    of an earlier run); returns its wall time in seconds (0 when reused). A step that did not finish left
+    a partial output folder, which ``--overwrite`` clears (only that step's own files)."""
     if os.path.exists(done):
         return 0.0
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--no-progress", "--overwrite"], check=True,
+                   stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

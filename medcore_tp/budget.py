@@ -173,8 +173,22 @@ def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float,
     )
 
 
+def ratio_ceiling(
+    heads: Sequence[int],
+    mlp: Sequence[int],
+    head_params: int | Sequence[int],
+    channel_params: int | Sequence[int],
+    encoder_params: int,
+    protect: Sequence[int],
+    weights: Sequence[float] | None = None,
+) -> float:
+    """The largest ``--ratio`` the rule of :func:`ratio_rule` can reach with ``protect`` (every block
+    keeping one head and 5% of its MLP channels)."""
+    return ratio_rule(None, heads, mlp, head_params, channel_params, encoder_params, list(protect), weights)
+
+
 def ratio_rule(
-    ratio: float,
+    ratio: float | None,
     heads: Sequence[int],
     mlp: Sequence[int],
     head_params: int | Sequence[int],
@@ -200,7 +214,7 @@ def ratio_rule(
     """
     n = len(heads)
     candidates = [list(protect)] if protect is not None else [[n - 2, n - 1] if n > 2 else [], []]
-    if ratio <= 0:
+    if ratio is not None and ratio <= 0:
         candidates = candidates[:1]  # nothing to search: report the bound for the first protection
     for attempt, option in enumerate(candidates):
         option = check_protect(option, n)
@@ -219,6 +233,8 @@ def ratio_rule(
             return rh, rm, removed / encoder_params
 
         ceiling = frac(max(max_h / PAPER_HEADS_RATIO, max_m / PAPER_MLP_RATIO))[2]
+        if ratio is None:
+            return ceiling  # ratio_ceiling asked for the bound only
         if not (0.0 < ratio <= ceiling + 1e-12) or not math.isfinite(ratio):
             if attempt == len(candidates) - 1:
                 where = f"with blocks {','.join(map(str, option))} protected" if option else "with no block protected"

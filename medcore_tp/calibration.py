@@ -17,7 +17,7 @@ from medcore_tp.datasets import SegmentationDataset, load_datasets
 from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import forward_logits
 from medcore_tp.losses import segmentation_loss, segmentation_losses  # noqa: F401  (re-exported)
-from medcore_tp.preprocessing import InputSpec, box_from_mask, prepare_pair
+from medcore_tp.preprocessing import InputSpec, prepare_pair
 from medcore_tp.splits import calibration_subset, make_splits, select_split
 from medcore_tp.synthetic import synthetic_pairs
 
@@ -38,7 +38,7 @@ def batch_from_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], spec: Input
     prepared = [prepare_pair(image, mask, spec) for image, mask in pairs]
     return CalibrationBatch(
         torch.stack([torch.from_numpy(p.image) for p in prepared]),
-        torch.stack([torch.from_numpy(box_from_mask(p.mask)) for p in prepared]).float(),
+        torch.stack([torch.from_numpy(p.box) for p in prepared]).float(),
         torch.stack([torch.from_numpy(p.mask_low) for p in prepared]),
     )
 
@@ -116,11 +116,12 @@ class CalibrationSets:
 
 
 def calibration_sets(
-    roots: Sequence[str], calib_size: int, spec: InputSpec, seed: int = 42, batch_size: int = 8
+    roots: Sequence[str], calib_size: int, spec: InputSpec, seed: int = 42, batch_size: int = 8,
+    mask_threshold: float | None = None,
 ) -> CalibrationSets:
     """The first ``calib_size`` training images (seeded 60/20/20 split) of each dataset folder, for a
-    model whose input frame is ``spec`` (``input_spec(model)``)."""
-    datasets = load_datasets(roots)
+    model whose input frame is ``spec`` (``input_spec(model)``); masks binarised at ``mask_threshold``."""
+    datasets = load_datasets(roots, mask_threshold)
     splits = make_splits(datasets, seed)
     train = select_split(datasets, splits, "train")
     batches, used = {}, {}

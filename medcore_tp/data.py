@@ -17,6 +17,7 @@ from medcore_tp.datasets import (
     load_pair,
     read_image,
     read_mask,
+    read_mask_values,
 )
 from medcore_tp.preprocessing import (
     RESIZE_MODES,
@@ -30,15 +31,18 @@ from medcore_tp.preprocessing import (
     prepare_pair,
     preprocess_image,
     resize_image,
+    scaled_box,
     widen_box,
 )
 from medcore_tp.splits import (
     SPLIT_NAMES,
     SPLITS_FORMAT,
+    SplitsChoice,
     calibration_subset,
     make_splits,
     resolve_splits,
     select_split,
+    settle_splits,
     split_stems,
 )
 
@@ -47,5 +51,5 @@ __all__ = [
     "Sample", "SegmentationDataset", "binarize_mask", "box_from_mask", "calibration_subset", "collate", "discover",
     "file_rng", "fit_mask", "fitted_size", "load_datasets", "load_pair", "make_splits", "mask_to_size",
     "prepare_pair", "preprocess_image", "read_image", "read_mask", "resize_image", "resolve_splits",
-    "select_split", "split_stems", "widen_box",
+    "select_split", "split_stems", "widen_box", "SplitsChoice", "read_mask_values", "scaled_box", "settle_splits",
 ]

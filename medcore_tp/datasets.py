@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from medcore_tp.errors import MedcoreError
-from medcore_tp.preprocessing import InputSpec, box_from_mask, file_rng, prepare_pair, widen_box
+from medcore_tp.preprocessing import InputSpec, file_rng, prepare_pair, widen_box
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 BOX_MODES = ("tight", "random", "deterministic")
@@ -33,6 +33,7 @@ class Sample:
     name: str
     image_path: Path
     mask_path: Path
+    mask_threshold: float | None = None  # None: > 127 (> 0.5 for masks already in [0, 1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,14 +57,17 @@ def _folder_name(root: Path) -> str:
     return os.path.basename(os.path.normpath(os.path.abspath(root))) or "data"
 
 
-def discover(root: str | os.PathLike, name: str | None = None) -> list[Sample]:
+def discover(root: str | os.PathLike, name: str | None = None, mask_threshold: float | None = None) -> list[Sample]:
     """Pair ``root/images`` with ``root/masks`` by file stem, sorted by stem.
 
-    ``name`` defaults to the folder's name. Files present on one side only are left out with a
-    warning; a missing folder, an empty folder or no stem in common is an error.
+    ``name`` defaults to the folder's name; ``mask_threshold`` is how masks are binarised (see
+    :func:`binarize_mask`). Files present on one side only are left out with a warning; a missing
+    folder, a file instead of a folder, an empty folder or no stem in common is an error.
     """
     root = Path(root)
     name = name or _folder_name(root)
+    if root.exists() and not root.is_dir():
+        raise MedcoreError(f"data folder {root} is a file, not a folder (expected {root}/images and {root}/masks)")
     if not root.is_dir():
         raise MedcoreError(f"data folder {root} does not exist")
     for sub in ("images", "masks"):
@@ -84,10 +88,10 @@ def discover(root: str | os.PathLike, name: str | None = None) -> list[Sample]:
     unpaired = len(images) + len(masks) - 2 * len(common)
     if unpaired:
         warnings.warn(f"{root}: {unpaired} file(s) without a partner left out", stacklevel=2)
-    return [Sample(name, stem, images[stem], masks[stem]) for stem in common]
+    return [Sample(name, stem, images[stem], masks[stem], mask_threshold) for stem in common]
 
 
-def load_datasets(roots: Iterable[str | os.PathLike]) -> dict[str, list[Sample]]:
+def load_datasets(roots: Iterable[str | os.PathLike], mask_threshold: float | None = None) -> dict[str, list[Sample]]:
     """Discover several dataset folders, keyed by folder name (which must then be unique)."""
     datasets: dict[str, list[Sample]] = {}
     origin: dict[str, Path] = {}
@@ -96,7 +100,7 @@ def load_datasets(roots: Iterable[str | os.PathLike]) -> dict[str, list[Sample]]
         name = _folder_name(root)
         if name in datasets:
             raise MedcoreError(f"two data folders are named '{name}': {origin[name]} and {root}")
-        datasets[name] = discover(root, name)
+        datasets[name] = discover(root, name, mask_threshold)
         origin[name] = root
     if not datasets:
         raise MedcoreError("no data folder given")
@@ -143,11 +147,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
-def binarize_mask(mask: np.ndarray) -> np.ndarray:
+def binarize_mask(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Binarise a mask array: > 127, or > 0.5 when its values are already within [0, 1].
 
-    Colour masks (H, W, 3 or 4) are first reduced to luma like PIL's ``convert('L')``
-    (0.299 R + 0.587 G + 0.114 B; alpha ignored), so white-on-black RGB masks work.
+    ``threshold`` (``--mask-threshold``, on the 0-255 scale) replaces 127; masks whose values lie
+    within [0, 1] are compared with ``threshold / 255``. Colour masks (H, W, 3 or 4) are first
+    reduced to luma like PIL's ``convert('L')`` (0.299 R + 0.587 G + 0.114 B; alpha ignored), so
+    white-on-black RGB masks work.
     """
     mask = np.asarray(mask)
     if mask.ndim == 3:
@@ -158,26 +164,31 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     if mask.dtype == bool:
         return mask.copy()
     if mask.size and float(mask.max()) <= 1.0:
-        return mask > 0.5
-    return mask > 127
+        return mask > (0.5 if threshold is None else threshold / 255.0)
+    return mask > (127 if threshold is None else threshold)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file as an (H, W) bool array (see :func:`binarize_mask`)."""
+def read_mask_values(path: str | os.PathLike) -> np.ndarray:
+    """A mask file's values before binarisation: (H, W), bool for 1-bit files, luma for colour ones."""
     path = Path(path)
     image = _open(path, "mask")
     if image.mode == "1":
         return np.asarray(image, dtype=bool)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F", "L"):
-        return binarize_mask(np.asarray(image))
+        return np.asarray(image)
     # Palette, RGB(A), LA, CMYK...: the documented rule for these data is convert('L') > 127.
-    return binarize_mask(np.asarray(image.convert("L")))
+    return np.asarray(image.convert("L"))
+
+
+def read_mask(path: str | os.PathLike, threshold: float | None = None) -> np.ndarray:
+    """Read a mask file as an (H, W) bool array (see :func:`binarize_mask`)."""
+    return binarize_mask(read_mask_values(path), threshold)
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Read a sample's image (H, W, 3 float32) and mask (H, W bool); their sizes must agree."""
     image = read_image(sample.image_path)
-    mask = read_mask(sample.mask_path)
+    mask = read_mask(sample.mask_path, sample.mask_threshold)
     if image.shape[:2] != mask.shape:
         raise MedcoreError(
             f"image {sample.image_path} is {image.shape[1]}x{image.shape[0]} but mask "
@@ -223,8 +234,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _box(self, sample: Sample, mask: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
-        box = box_from_mask(mask)
+    def _box(self, sample: Sample, box: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
         if self.box_mode == "tight" or self.box_jitter == 0:
             return box
         if self.box_mode == "deterministic":
@@ -245,7 +255,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return {
             "index": index,
             "image": torch.from_numpy(pair.image),
-            "box": torch.from_numpy(self._box(sample, pair.mask, pair.fitted)),
+            "box": torch.from_numpy(self._box(sample, pair.box, pair.fitted)),
             "mask": torch.from_numpy(pair.mask),
             "mask_low": torch.from_numpy(pair.mask_low),
             "mask_original": mask,

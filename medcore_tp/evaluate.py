@@ -30,7 +30,7 @@ from medcore_tp.inference import logits_to_masks, logits_to_original, predict_lo
 from medcore_tp.metrics import METRIC_NAMES, all_metrics
 from medcore_tp.models.spec import input_spec
 from medcore_tp.preprocessing import RESIZE_MODES
-from medcore_tp.splits import make_splits, resolve_splits, select_split
+from medcore_tp.splits import SplitsChoice, select_split, settle_splits
 
 __all__ = ["CSV_COLUMNS", "EvalConfig", "EvalResult", "evaluate", "summarise"]
 
@@ -48,6 +48,7 @@ class EvalResult:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    splits: SplitsChoice | None = None
 
 
 def _score(pred: np.ndarray, gt: np.ndarray, tolerance: int) -> dict[str, Any]:
@@ -87,23 +88,30 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _choose_samples(
-    data_dirs: Sequence[str | os.PathLike], split: str, splits_path: Path | None, seed: int
-) -> tuple[dict[str, list[Sample]], Path | None]:
-    datasets = load_datasets(data_dirs)
+    data_dirs: Sequence[str | os.PathLike], split: str, splits_path: Path | None, seed: int,
+    out: Path | None, mask_threshold: float | None,
+) -> tuple[dict[str, list[Sample]], SplitsChoice | None]:
+    datasets = load_datasets(data_dirs, mask_threshold)
     if split == "all":
         return select_split(datasets, None, "all"), None  # no split, so no splits file is read or written
-    if splits_path is None:
-        splits = make_splits(datasets, seed)
+    own = out / "splits.json" if out is not None else None
+    if splits_path is not None and not splits_path.exists():
+        target = splits_path  # "created if missing"
     else:
-        splits = resolve_splits(datasets, splits_path, seed)
-    chosen = select_split(datasets, splits, split)
+        # The user's file is never rewritten: what it lacked goes, with what it had, to OUT/splits.json.
+        target = own
+    choice = settle_splits(datasets, splits_path, seed)  # written below, once the split is known to be usable
+    chosen = select_split(datasets, choice.doc, split)
     for name, samples in chosen.items():
         if not samples:
             raise MedcoreError(
                 f"dataset '{name}' has no image in the {split} split ({len(datasets[name])} images in all); "
                 f"use --split all or a larger dataset"
             )
-    return chosen, splits_path
+    if choice.action != "reused" and target is not None:
+        save_json(choice.doc, target)
+        choice.written = target
+    return chosen, choice
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,9 @@ class EvalConfig:
     ``resize``: ``torch`` or ``skimage`` image resampling. ``resize_mode``: None for the model's own
     (its :class:`InputSpec`), or ``square`` / ``longest-side``. ``skip_bad``: go on past unreadable
     or inconsistent pairs and list them. ``metric_threads``: threads computing metrics (default half
-    the CPU cores, at most 8).
+    the CPU cores, at most 8). ``mask_threshold``: how masks are binarised (None: > 127). A
+    ``splits_path`` that lacks some datasets is never rewritten: the extended splits go to
+    ``out_dir/splits.json`` (``summary["splits"]`` says which happened).
     """
 
     split: str = "test"
@@ -132,6 +142,7 @@ class EvalConfig:
     resize: str = "torch"
     resize_mode: str | None = None
     metric_threads: int | None = None
+    mask_threshold: float | None = None
 
     def check(self) -> None:
         """Raise :class:`MedcoreError` naming the parameter for a bad value (before any work)."""
@@ -154,6 +165,7 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
+    notes: dict[str, Any] | None = None,
     **settings: Any,
 ) -> EvalResult:
     """Evaluate ``model`` (on its current device) on ``config.split`` of every folder in ``data_dirs``.
@@ -164,20 +176,22 @@ def evaluate(
     ``splits_path`` they go to ``out_dir/splits.json`` (or are only computed, without ``out_dir``).
     With ``out_dir``, ``per_image.csv`` and ``summary.json`` are written there, atomically. Metrics are
     computed in threads (SciPy and NumPy release the GIL) while the next batch runs through the model.
+    ``notes`` are added to the summary as they are.
     """
     cfg = replace(config or EvalConfig(), **settings)
     cfg.check()
-    return _run(model, data_dirs, cfg, Path(out_dir) if out_dir is not None else None, progress, model_info)
+    return _run(model, data_dirs, cfg, Path(out_dir) if out_dir is not None else None, progress, model_info,
+                notes)
 
 
 def _run(model: nn.Module, data_dirs: Sequence[str | os.PathLike], cfg: EvalConfig, out: Path | None,
-         progress: bool, model_info: dict[str, Any] | None) -> EvalResult:
+         progress: bool, model_info: dict[str, Any] | None, notes: dict[str, Any] | None = None) -> EvalResult:
     started = time.perf_counter()
     split, splits_path, box_jitter, seed = cfg.split, cfg.splits_path, cfg.box_jitter, cfg.seed
     resolution, tolerance = cfg.resolution, cfg.tolerance
-    if splits_path is None and out is not None and split != "all":
-        splits_path = out / "splits.json"
-    chosen, used_splits = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed)
+    chosen, choice = _choose_samples(data_dirs, split, Path(splits_path) if splits_path else None, seed, out,
+                                     cfg.mask_threshold)
+    used_splits = None if choice is None else (choice.written or choice.source)
     samples = [s for group in chosen.values() for s in group]
 
     spec = input_spec(model)
@@ -239,8 +253,10 @@ def _run(model: nn.Module, data_dirs: Sequence[str | os.PathLike], cfg: EvalConf
             "splits_file": str(used_splits) if used_splits else None,
             "box_mode": "deterministic" if box_jitter else "tight", "box_jitter": box_jitter, "seed": seed,
             "resolution": resolution, "tolerance_px": tolerance, "resize": cfg.resize, "resize_mode": mode,
-            "batch_size": cfg.batch_size, "device": str(device),
+            "batch_size": cfg.batch_size, "device": str(device), "mask_threshold": cfg.mask_threshold,
         },
+        "splits": None if choice is None else choice.to_dict(),
+        **(notes or {}),
         "datasets": per_dataset,
         "macro": macro,
         "n_images": len(rows),
@@ -253,7 +269,7 @@ def _run(model: nn.Module, data_dirs: Sequence[str | os.PathLike], cfg: EvalConf
     if out is not None:
         save_text(_csv_text(rows), out / "per_image.csv")
         save_json(summary, out / "summary.json")
-    return EvalResult(rows=rows, summary=summary, skipped=skipped)
+    return EvalResult(rows=rows, summary=summary, skipped=skipped, splits=choice)
 
 
 def _row(sample: Sample, box: np.ndarray, shape: tuple[int, int], eval_shape: tuple[int, int],

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medcore_tp.arch import adapter_for, image_encoder
-from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_rule, round_mlp_budget
+from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_ceiling, ratio_rule, round_mlp_budget
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
 from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
@@ -37,7 +37,8 @@ from medcore_tp.recovery import recover
 
 __all__ = [
     "CALIBRATED_IMPORTANCES", "FISHER_IMPORTANCES", "PruneConfig", "PruneRun", "RatioRequest", "Ratios", "Scoring",
-    "calibration_batches", "prune_scored", "run_prune", "score_importance", "settle_ratios",
+    "calibration_batches", "default_protection", "max_ratio", "prune_scored", "run_prune", "score_importance",
+    "settle_ratios",
 ]
 
 
@@ -91,6 +92,20 @@ def settle_ratios(arch: nn.Module, request: RatioRequest, weights: Sequence[floa
     return Ratios(rule.heads_ratio, rule.mlp_ratio, rule.protect, rule)
 
 
+def default_protection(arch: nn.Module) -> list[int]:
+    """The blocks ``--ratio`` protects unless told otherwise: the last two (10 and 11 on ViT-B)."""
+    n = len(adapter_for(arch).heads_per_block(image_encoder(arch)))
+    return [n - 2, n - 1] if n > 2 else []
+
+
+def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
+    """The largest ``--ratio`` reachable on ``arch`` with ``protect`` (uniform per-block weights)."""
+    adapter, encoder = adapter_for(arch), image_encoder(arch)
+    head_p, chan_p = adapter.group_params(encoder)
+    return ratio_ceiling(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder), head_p, chan_p,
+                         count_params(encoder), protect)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Everything a pruning run is asked to do (``medcore-tp prune`` builds one from its flags).
@@ -101,6 +116,7 @@ class PruneConfig:
     ``calib_size``: calibration images per dataset; ``batch_size``: calibration batch size.
     ``recover_steps``: recovery steps after each cascade stage (0: none), ``recover_batch_size`` per
     process. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
+    ``mask_threshold``: how calibration masks are binarised (``--mask-threshold``; None: > 127).
     """
 
     importance: str = "medcore"
@@ -115,6 +131,7 @@ class PruneConfig:
     seed: int = 0
     progress: bool = False
     round_to: int = 1  # pruned MLP widths kept at multiples of this (Torch-Pruning's round_to)
+    mask_threshold: float | None = None
 
     def check(self, arch: nn.Module) -> Ratios:
         """Validate everything that can be checked on the bare architecture, before any work."""
@@ -149,7 +166,8 @@ def calibration_batches(
     if not config.data:
         log(f"calibration: {n} built-in SYNTHETIC images (not medical data); use --data for real ones")
         return {"synthetic": [synthetic_batch(n, spec, seed=config.seed)]}, None
-    sets = calibration_sets(list(config.data), n, spec, batch_size=config.batch_size)
+    sets = calibration_sets(list(config.data), n, spec, batch_size=config.batch_size,
+                            mask_threshold=config.mask_threshold)
     for name, used in sets.used.items():
         if used < n:
             log(f"note: --calib-size {n}: {name} has {used} training images, using all of them")

@@ -2,8 +2,8 @@
 
 Follows docs/method.md ("Data and prompts"): image -> 3 channels -> fitted into the
 model's S x S input (bicubic, anti-aliased) -> min-max to [0, 1]; mask binarised and nearest-neighbour
-fitted the same way, at the input size and at the decoder's logit size; box from the mask's bounding
-box in the input frame. Two ways to fit an image into the square (``RESIZE_MODES``):
+fitted the same way, at the input size and at the decoder's logit size; box from the ORIGINAL mask's
+bounding box, scaled into the input frame (:func:`scaled_box`). Two ways to fit an image into the square (``RESIZE_MODES``):
 
 - ``square``: stretched to S x S, aspect not kept (MedSAM's preprocessing, used for the SAM ViT models);
 - ``longest-side``: the longest side becomes S, aspect kept, the rest zero-padded at the bottom and
@@ -116,17 +116,20 @@ class PreparedPair:
     mask: np.ndarray
     mask_low: np.ndarray
     fitted: tuple[int, int]
+    box: np.ndarray | None = None  # tight box of the original mask in the input frame (scaled_box)
 
 
 def prepare_pair(image: np.ndarray, mask: np.ndarray, spec: InputSpec, method: str = "torch") -> PreparedPair:
     """Fit an (H, W, 3) image and its (H, W) mask into ``spec``'s S x S input and the mask also into
-    its logit frame."""
+    its logit frame; the box comes from the original mask (:func:`scaled_box`)."""
     size, mode = spec.input_size, spec.resize_mode
+    fitted = fitted_size(mask.shape[0], mask.shape[1], size, mode)
     return PreparedPair(
         image=preprocess_image(image, size, method, mode),
         mask=fit_mask(mask, size, mode),
         mask_low=fit_mask(mask, spec.logit_size, mode),
-        fitted=fitted_size(mask.shape[0], mask.shape[1], size, mode),
+        fitted=fitted,
+        box=scaled_box(mask, fitted),
     )
 
 
@@ -160,6 +163,50 @@ def box_from_mask(mask: np.ndarray) -> np.ndarray:
         return np.array([0, 0, mask.shape[1] - 1, mask.shape[0] - 1], dtype=np.float32)
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+
+
+def scaled_box(mask: np.ndarray, fitted: tuple[int, int]) -> np.ndarray:
+    """Tight box of an ORIGINAL-resolution (H, W) mask, scaled into the (h, w) part of the input frame
+    the image fills: ``[x0, y0, x1, y1]`` inclusive, float32.
+
+    Taken before any resizing, so that thin extremities that nearest-neighbour downsampling of the mask
+    would drop still count (LiteMedSAM's own inference scales the original box the same way). The box
+    covers every input pixel that an original foreground pixel overlaps: x0 -> floor(x0 * w / W),
+    x1 -> ceil((x1 + 1) * w / W) - 1. An empty mask gets the box of the whole fitted part.
+
+    Detached specks smaller than one input pixel (fewer than (W / w) * (H / h) original pixels, e.g. a
+    lone JPEG-artefact pixel in a mask's corner) are not part of the object the box frames: on the
+    Kvasir-SEG masks in shared/data one such pixel at (0, 0) would otherwise turn a tight box into
+    the whole image. Parts attached to the object, however thin, always count.
+    """
+    height, width = mask.shape
+    h, w = fitted
+    mask = _without_specks(mask, (width / w) * (height / h))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.array([0, 0, w - 1, h - 1], dtype=np.float32)
+    cols = np.flatnonzero(mask.any(axis=0))
+    sx, sy = w / width, h / height
+    x0, y0 = int(np.floor(cols[0] * sx + 1e-9)), int(np.floor(rows[0] * sy + 1e-9))
+    x1, y1 = int(np.ceil((cols[-1] + 1) * sx - 1e-9)) - 1, int(np.ceil((rows[-1] + 1) * sy - 1e-9)) - 1
+    return np.array([x0, y0, min(max(x1, x0), w - 1), min(max(y1, y0), h - 1)], dtype=np.float32)
+
+
+def _without_specks(mask: np.ndarray, min_pixels: float) -> np.ndarray:
+    """``mask`` without the 8-connected components smaller than ``min_pixels`` (all kept when every
+    component is that small)."""
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = sizes >= min_pixels
+    if not keep.any():
+        return mask
+    return keep[labels - 1] & (labels > 0)
 
 
 def widen_box(box: np.ndarray, jitter: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:

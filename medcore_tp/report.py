@@ -44,12 +44,12 @@ def synthetic_eval_folder(root: str) -> str:
 
 
 def snapshot(model: nn.Module, data_dirs: Sequence[str] | None, split: str = "test", repeats: int = 3,
-             progress: bool = False) -> Snapshot:
+             progress: bool = False, mask_threshold: float | None = None) -> Snapshot:
     """Measure ``model``: encoder latency and metrics on ``data_dirs`` (None: built-in synthetic set, tight boxes)."""
     latency = measure_latency(model, device=next(model.parameters()).device, repeats=repeats)["median_s"]
     with tempfile.TemporaryDirectory() as tmp:
         if data_dirs:
-            result = evaluate(model, data_dirs, split=split, progress=progress)
+            result = evaluate(model, data_dirs, split=split, progress=progress, mask_threshold=mask_threshold)
         else:
             result = evaluate(model, [synthetic_eval_folder(tmp)], split="all", box_jitter=0, progress=progress)
     macro = result.summary["macro"]

@@ -10,6 +10,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,45 +70,87 @@ def _read_splits(path: Path) -> dict[str, Any]:
     return doc
 
 
-def resolve_splits(datasets: Mapping[str, Sequence[Sample]], path: str | os.PathLike,
-                   seed: int = 42) -> dict[str, Any]:
-    """Reuse the splits in ``path`` if it exists, else create them; write back what was added.
+@dataclass
+class SplitsChoice:
+    """The splits a run uses and where they came from.
 
-    A dataset missing from the file gets a fresh split (with the file's seed) and the file is
-    rewritten. Every stem the file lists must exist in its dataset; files of a dataset that the
-    file does not list are left out with a warning.
+    ``action``: ``created`` (no file: new splits), ``reused`` (the file covers every dataset) or
+    ``extended`` (the file lacked ``added`` datasets, which got new splits with the file's seed);
+    ``written``: where the document was written (None when nothing needed writing or no place was given).
     """
-    path = Path(path)
-    if path.exists():
-        doc = _read_splits(path)
-        changed = False
+
+    doc: dict[str, Any]
+    source: Path | None
+    action: str
+    added: list[str]
+    written: Path | None
+
+    def describe(self) -> str:
+        """One line for the screen."""
+        if self.action == "reused":
+            return f"splits: reused {self.source}"
+        where = f", written to {self.written}" if self.written else " (not written)"
+        if self.action == "created":
+            return f"splits: new (seed {self.doc.get('seed')}){where}"
+        kept = f"; {self.source} is unchanged" if self.written != self.source else ""
+        return (f"splits: {self.source} extended with new splits of {', '.join(self.added)} "
+                f"(seed {self.doc.get('seed')}){where}{kept}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "source": str(self.source) if self.source else None,
+                "added": self.added, "written": str(self.written) if self.written else None}
+
+
+def settle_splits(datasets: Mapping[str, Sequence[Sample]], path: str | os.PathLike | None,
+                  seed: int = 42, write_to: str | os.PathLike | None = None) -> SplitsChoice:
+    """Reuse the splits in ``path`` if it exists, else create them; write what changed to ``write_to``.
+
+    A dataset missing from the file gets a fresh split (with the file's seed); the file itself is only
+    rewritten when ``write_to`` is that file. Every stem the file lists must exist in its dataset;
+    files of a dataset that the file does not list are left out with a warning.
+    """
+    source = Path(path) if path is not None else None
+    if source is not None and source.exists():
+        doc = _read_splits(source)
+        action = "reused"
     else:
         doc = {"format": SPLITS_FORMAT, "seed": seed,
                "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "datasets": {}}
-        changed = True
+        action = "created"
     file_seed = int(doc.get("seed", seed))
+    added = []
     for name, samples in datasets.items():
         stems = {s.name for s in samples}
         parts = doc["datasets"].get(name)
         if parts is None:
             doc["datasets"][name] = split_stems(sorted(stems), file_seed)
-            changed = True
+            added.append(name)
             continue
         listed = [stem for key in SPLIT_NAMES for stem in parts[key]]
         if len(set(listed)) != len(listed):
             twice = next(stem for stem in listed if listed.count(stem) > 1)
-            raise MedcoreError(f"splits file {path} lists '{twice}' of dataset '{name}' more than once "
+            raise MedcoreError(f"splits file {source} lists '{twice}' of dataset '{name}' more than once "
                                f"(the splits must not overlap)")
         missing = [stem for stem in listed if stem not in stems]
         if missing:
-            raise MedcoreError(f"splits file {path} lists '{missing[0]}' for dataset '{name}' "
+            raise MedcoreError(f"splits file {source} lists '{missing[0]}' for dataset '{name}' "
                                f"({len(missing)} missing in all), which is not in its data folder")
         extra = len(stems - set(listed))
         if extra:
-            warnings.warn(f"{extra} file(s) of dataset '{name}' are not in {path} and are left out", stacklevel=2)
-    if changed:
-        save_json(doc, path)
-    return doc
+            warnings.warn(f"{extra} file(s) of dataset '{name}' are not in {source} and are left out", stacklevel=2)
+    if action == "reused" and added:
+        action = "extended"
+    written = None
+    if action != "reused" and write_to is not None:
+        written = Path(write_to)
+        save_json(doc, written)
+    return SplitsChoice(doc, source if action != "created" else None, action, added, written)
+
+
+def resolve_splits(datasets: Mapping[str, Sequence[Sample]], path: str | os.PathLike,
+                   seed: int = 42) -> dict[str, Any]:
+    """:func:`settle_splits` writing back into ``path`` itself (created if missing, extended in place)."""
+    return settle_splits(datasets, path, seed, write_to=path).doc
 
 
 def select_split(datasets: Mapping[str, Sequence[Sample]], splits: Mapping[str, Any] | None,

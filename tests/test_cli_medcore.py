@@ -172,8 +172,10 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
 
 
 def test_without_data_the_default_recovers_20_steps_per_stage(tmp_path):
-    res = run("prune", "--model", "tiny", "--random-init", "--ratio", 0.3, "--calib-size", 2, "--no-report",
-              "--no-progress", "--out", tmp_path / "o")
+    torch.manual_seed(0)
+    torch.save(build_model("tiny").state_dict(), tmp_path / "dense.pth")  # trained weights stand-in: not --random-init
+    res = run("prune", "--model", "tiny", "--checkpoint", tmp_path / "dense.pth", "--ratio", 0.3, "--calib-size", 2,
+              "--no-report", "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [(r["stage"], len(r["loss"])) for r in summary["recovery"]] == [("heads", 20), ("mlp", 20)]

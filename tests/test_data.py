@@ -402,3 +402,66 @@ def test_synthetic_is_deterministic_and_readable(tmp_path):
     samples = D.discover(root)
     assert len(samples) == 3
     np.testing.assert_array_equal(D.load_pair(samples[0])[1], a[0][1])
+
+
+# ------------------------------------------------------------------------------------------
+# Boxes from the original-resolution mask
+
+
+def _blob_with_a_thin_tail(size=1000):
+    """A square blob with a 1-px line reaching far to the right, on a row nearest-neighbour sampling
+    to 100 px skips (it samples rows 5, 15, ..., 995)."""
+    mask = np.zeros((size, size), dtype=bool)
+    mask[400:600, 300:500] = True
+    mask[500, 500:951] = True
+    return mask
+
+
+def test_box_comes_from_the_original_mask_and_keeps_a_thin_extremity():
+    mask = _blob_with_a_thin_tail()
+    downsampled = D.fit_mask(mask, 100)
+    assert not downsampled[:, 50:].any()  # nearest neighbour drops the tail...
+    assert D.box_from_mask(downsampled).tolist() == [30, 40, 49, 59]
+    # ...the box of the original, scaled: covers every input pixel an original pixel of the object overlaps
+    assert D.scaled_box(mask, (100, 100)).tolist() == [30, 40, 95, 59]
+    # longest-side fitting of a 1000 x 2000 image: the box lands in the fitted 50 x 100 part
+    wide = np.zeros((1000, 2000), dtype=bool)
+    wide[:, :1000] = mask
+    assert D.scaled_box(wide, (50, 100)).tolist() == [15, 20, 47, 29]
+
+
+def test_box_ignores_specks_smaller_than_an_input_pixel_but_not_thin_parts():
+    mask = _blob_with_a_thin_tail()
+    mask[0, 0] = True  # a lone artefact pixel (Kvasir-SEG's JPEG masks have such): 1 px < 100 px per input pixel
+    assert D.scaled_box(mask, (100, 100)).tolist() == [30, 40, 95, 59]
+    mask[0:12, 0:12] = True  # 144 px: more than one input pixel, a real part of the mask
+    assert D.scaled_box(mask, (100, 100)).tolist() == [0, 0, 95, 59]
+    assert D.scaled_box(np.zeros((30, 40), dtype=bool), (48, 64)).tolist() == [0, 0, 63, 47]
+    # at the input's own size every pixel counts, and the box is the tight box
+    small = np.zeros((20, 30), dtype=bool)
+    small[4:9, 10:21] = True
+    small[0, 0] = True
+    assert D.scaled_box(small, (20, 30)).tolist() == D.box_from_mask(small).tolist() == [0, 0, 20, 8]
+
+
+@pytest.mark.parametrize("box_mode", ["tight", "deterministic"])
+def test_every_box_is_made_from_the_original_mask(tmp_path, box_mode):
+    from medcore_tp.calibration import batch_from_pairs, batches_from_samples
+
+    root = tmp_path / "thin"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    mask = _blob_with_a_thin_tail()
+    Image.fromarray(np.full((1000, 1000, 3), 90, np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / "a.png")
+    samples = D.discover(root)
+    spec = D.InputSpec(100, 25)
+    item = D.SegmentationDataset(samples, spec, box_mode=box_mode, box_jitter=3)[0]
+    x0, y0, x1, y1 = item["box"].tolist()
+    if box_mode == "tight":
+        assert [x0, y0, x1, y1] == [30, 40, 95, 59]
+    else:  # widened from the same box, each side by 0-3 px
+        assert 27 <= x0 <= 30 and 37 <= y0 <= 40 and 95 <= x1 <= 98 and 59 <= y1 <= 62
+    assert batches_from_samples(samples, spec)[0].boxes[0].tolist() == [30, 40, 95, 59]  # calibration
+    image = np.full((1000, 1000, 3), 90, np.float32)
+    assert batch_from_pairs([(image, mask)], spec).boxes[0].tolist() == [30, 40, 95, 59]

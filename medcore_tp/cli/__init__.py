@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from medcore_tp.cli._common import Interrupted
 from medcore_tp.errors import MedcoreError
 
 
@@ -17,6 +18,11 @@ class _Group(click.Group):
             from medcore_tp.cli._common import PARAM_FLAGS
 
             raise click.UsageError(exc.with_flags(PARAM_FLAGS)) from None
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # One line saying what was kept, and the shell's convention for SIGINT (128 + 2).
+            kept = str(exc) if isinstance(exc, Interrupted) else "nothing was written"
+            click.echo(f"Interrupted: {kept}", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import click
 import torch
 
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import MODEL_NAMES, default_weights
+from medcore_tp.outdir import RunFolder
 
 model_option = click.option(
     "--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="Model architecture."
@@ -18,7 +22,7 @@ PARAM_FLAGS = {
     "protect": "--protect-blocks", "importance": "--importance", "alpha": "--alpha", "data": "--data",
     "data_weights": "--data-weights", "resize_mode": "--resize-mode", "split": "--split",
     "resolution": "--resolution", "batch_size": "--batch-size", "box_jitter": "--box-jitter",
-    "calib_size": "--calib-size", "device": "--device", "resume": "--resume",
+    "calib_size": "--calib-size", "device": "--device", "resume": "--resume", "mask_threshold": "--mask-threshold",
 }
 
 
@@ -69,3 +73,53 @@ def parse_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MedcoreError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="--out already holds another run's outputs: remove those files (only those) and write this run's.",
+)
+mask_threshold_option = click.option(
+    "--mask-threshold", type=click.FloatRange(min=0), default=None,
+    help="Mask pixels above this value (0-255 scale; /255 for masks stored in [0, 1]) are foreground "
+         "[default: 127].",
+)
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run; the message says what was kept."""
+
+
+@contextlib.contextmanager
+def guarded(folder: RunFolder | None, resume_hint: str = "") -> Iterator[RunFolder | None]:
+    """Run the body of a command that writes into ``folder``; record how it ended in the manifest.
+
+    Ctrl-C becomes :class:`Interrupted` with one line saying what was kept (the group prints it and
+    exits 130); a run that fails before writing anything leaves nothing behind.
+    """
+    try:
+        yield folder
+    except KeyboardInterrupt:
+        if folder is None:
+            raise Interrupted("nothing was written") from None
+        folder.finish("interrupted")
+        hint = f"; {resume_hint}" if resume_hint and folder.files else ""
+        raise Interrupted(folder.kept() + hint) from None
+    except BaseException:
+        if folder is not None:
+            folder.finish("failed")
+        raise
+    else:
+        if folder is not None:
+            folder.finish("complete")
+
+
+def say(decisions: list[str], line: str) -> None:
+    """Print a decision the tool made for the user and keep it for summary.json."""
+    click.echo(f"note: {line}")
+    decisions.append(line)
+
+
+def gflops(value: float) -> str:
+    """GFLOPs with four significant digits (0.03385 for tiny models, 926.5 for ViT-B)."""
+    return f"{value:.4g}" if value < 1000 else f"{value:.1f}"

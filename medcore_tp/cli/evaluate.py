@@ -7,12 +7,23 @@ import torch
 
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
-from medcore_tp.cli._common import choose_weights, model_option, parse_device, table
+from medcore_tp.cli._common import (
+    choose_weights,
+    guarded,
+    mask_threshold_option,
+    model_option,
+    overwrite_option,
+    parse_device,
+    table,
+)
+from medcore_tp.data import load_datasets
 from medcore_tp.errors import MedcoreError
 from medcore_tp.evaluate import EvalConfig
 from medcore_tp.evaluate import evaluate as run_evaluation
+from medcore_tp.maskcheck import check_masks
 from medcore_tp.metrics import METRIC_NAMES
 from medcore_tp.models import PACKAGED
+from medcore_tp.outdir import RunFolder
 
 
 def _fmt(value: float | None) -> str:
@@ -27,11 +38,14 @@ def _fmt(value: float | None) -> str:
 @click.option("--data", "data", required=True, help="Dataset folder(s) with images/ and masks/, comma-separated.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--splits", "splits_file", type=click.Path(dir_okay=False),
-              help="splits.json to reuse (created if missing) [default: OUT/splits.json].")
+              help="splits.json to reuse (created if missing; never rewritten: datasets it lacks get new splits, "
+                   "written with its own to OUT/splits.json) [default: new splits, written to OUT/splits.json].")
+@mask_threshold_option
 @click.option("--box-jitter", type=click.IntRange(min=0), default=5, show_default=True,
               help="Widen each box side by 0..N px (input frame), fixed per file.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/evaluate", show_default=True,
               help="Folder for per_image.csv, summary.json (and splits.json).")
+@overwrite_option
 @click.option("--resolution", type=click.Choice(["input", "original"]), default="input", show_default=True,
               help="Compare masks at the model's input size (docs/method.md) or at each image's own size.")
 @click.option("--resize-mode", type=click.Choice(["auto", "square", "longest-side"]), default="auto", show_default=True,
@@ -47,18 +61,23 @@ def _fmt(value: float | None) -> str:
               help="torch: the checkpoint in PyTorch; onnxruntime: --checkpoint is an encoder .onnx written by "
                    "medcore-tp export (its decoder beside it).")
 def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: str, split: str,
-             splits_file: str | None, box_jitter: int, out_dir: str, resolution: str, resize_mode: str,
-             batch_size: int, workers: int, device: str, seed: int, skip_bad: bool, no_progress: bool,
-             backend: str) -> None:
+             splits_file: str | None, mask_threshold: float | None, box_jitter: int, out_dir: str, overwrite: bool,
+             resolution: str, resize_mode: str, batch_size: int, workers: int, device: str, seed: int,
+             skip_bad: bool, no_progress: bool, backend: str) -> None:
     """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
     checkpoint = choose_weights(model_name, checkpoint, random_init)
     config = EvalConfig(split=split, splits_path=splits_file, box_jitter=box_jitter, seed=seed, batch_size=batch_size,
                         num_workers=workers, skip_bad=skip_bad, resolution=resolution,
-                        resize_mode=None if resize_mode == "auto" else resize_mode)
+                        resize_mode=None if resize_mode == "auto" else resize_mode, mask_threshold=mask_threshold)
     config.check()
     data_dirs = [part.strip() for part in data.split(",") if part.strip()]
     if not data_dirs:
         raise MedcoreError("--data: no folder given")
+    dev = parse_device(device)
+    # Everything that can fail is checked before the model runs: data folders, masks, checkpoint, --out.
+    mask_counts = check_masks(load_datasets(data_dirs, mask_threshold), mask_threshold)
+    folder = RunFolder(out_dir, "evaluate", overwrite=overwrite, inputs=[checkpoint, splits_file])
+    folder.check()
     if checkpoint is None:
         torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
     if backend == "onnxruntime":
@@ -67,10 +86,18 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
         model, record = load_onnx_model(model_name, checkpoint, random_init, device)
     else:
         model, record = load_model(model_name, checkpoint)
-        model.to(parse_device(device))
+        model.to(dev)
     info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None, "backend": backend}
-    result = run_evaluation(model, data_dirs, config, out_dir=out_dir, progress=not no_progress, model_info=info)
+    with guarded(folder):
+        folder.start()
+        decisions = [f"--overwrite removed the earlier run's {', '.join(folder.removed)}"] if folder.removed else []
+        for line in decisions:
+            click.echo(f"note: {line}")
+        result = run_evaluation(model, data_dirs, config, out_dir=out_dir, progress=not no_progress, model_info=info,
+                                notes={"masks": mask_counts, "decisions": decisions})
     summary = result.summary
+    if result.splits is not None:
+        click.echo(f"note: {result.splits.describe()}")
     rows = [(name, d["n"], d["skipped"], *(_fmt(d[m]) for m in METRIC_NAMES)) for name, d in summary["datasets"].items()]
     macro = summary["macro"]
     rows.append(("macro", summary["n_images"], summary["n_skipped"], *(_fmt(macro[m]) for m in METRIC_NAMES)))

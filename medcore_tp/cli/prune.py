@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 
@@ -13,12 +14,24 @@ import torch
 from medcore_tp.atomic import save_json, save_text
 from medcore_tp.checkpoint import save_pruned
 from medcore_tp.cli import main
-from medcore_tp.cli._common import choose_weights, parse_device, parse_int_list, table
+from medcore_tp.cli._common import (
+    choose_weights,
+    gflops,
+    guarded,
+    mask_threshold_option,
+    overwrite_option,
+    parse_device,
+    parse_int_list,
+    table,
+)
+from medcore_tp.data import load_datasets
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.importance_registry import IMPORTANCE_NAMES
+from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, IMPORTANCE_NAMES
+from medcore_tp.maskcheck import check_masks
 from medcore_tp.models import MODEL_NAMES, build_model
-from medcore_tp.pipeline import PruneConfig, RatioRequest, run_prune
+from medcore_tp.outdir import RunFolder
+from medcore_tp.pipeline import PruneConfig, RatioRequest, default_protection, max_ratio, run_prune
 from medcore_tp.profile import profile_model
 from medcore_tp.prune import summary
 from medcore_tp.report import snapshot
@@ -28,7 +41,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise MedcoreError(f"{option} {text}: not a comma-separated list of numbers") from None
 
@@ -42,10 +55,12 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
               help="The source model (SAM) the target was adapted from: enables Dreset and alpha.")
 @click.option("--data", "data", default=None, help="Calibration dataset folder(s), comma-separated.")
 @click.option("--data-weights", default=None, help="Weights of the datasets, e.g. 0.2,0.3,0.5 (normalised).")
-@click.option("--ratio", type=float, default=None, help="Fraction of encoder parameters to remove (0.6 = paper).")
+@mask_threshold_option
+@click.option("--ratio", type=float, default=None,
+              help="Fraction of encoder parameters to remove (0.6 = paper); not together with --heads-ratio/--mlp-ratio.")
 @click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="medcore", show_default=True)
-@click.option("--heads-ratio", type=float, default=None, help="Override: fraction of ALL heads to remove.")
-@click.option("--mlp-ratio", type=float, default=None, help="Override: fraction of ALL MLP channels to remove.")
+@click.option("--heads-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL heads to remove.")
+@click.option("--mlp-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL MLP channels to remove.")
 @click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
 @click.option("--alpha", default="auto", show_default=True, help="MedCore alpha: auto (paper) or a number in [0, 1].")
 @click.option("--calib-size", type=click.IntRange(min=1), default=None,
@@ -53,12 +68,12 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration batch size.")
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None,
               help="Recovery steps after removing heads and after removing MLP channels, 0 to skip "
-                   "[default: 100; 20 without --data].")
+                   "[default: 100; 20 without --data; 0 with --random-init].")
 @click.option("--recover-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Recovery images per step and process (under torchrun the step's batch is this x processes).")
 @click.option("--report/--no-report", default=None,
-              help="Measure latency and Dice/BF1/HD95 before and after [default: on without --data, "
-                   "on the built-in synthetic set; with --data on the test split].")
+              help="Measure latency and Dice/BF1/HD95 before and after [default: on without --data (on the "
+                   "built-in synthetic set), off with --data; --report with --data measures on its test split].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
               help="Keep each pruned block's MLP width a multiple of N (Torch-Pruning's round_to).")
@@ -66,42 +81,72 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/prune", show_default=True,
               help="Output folder.")
-def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, ratio, importance,
-          heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_batch_size,
-          report, device, round_to, seed, no_progress, out_dir) -> None:
+@overwrite_option
+def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, mask_threshold, ratio,
+          importance, heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps,
+          recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
     set and reports parameters, FLOPs, latency and boundary quality before and after.
     """
+    decisions: list[str] = []
+    log = click.echo if is_main() else _quiet
     checkpoint = choose_weights(model_name, checkpoint, random_init)
     quick = not data  # the built-in default: small calibration, short recovery, a report
-    report = quick if report is None else report
+    if ratio is not None and (heads_ratio is not None or mlp_ratio is not None):
+        raise click.UsageError("--ratio and --heads-ratio/--mlp-ratio exclude each other: give --ratio R, "
+                               "or --heads-ratio and --mlp-ratio")
     if (heads_ratio is None) != (mlp_ratio is None):
         raise click.UsageError("--heads-ratio and --mlp-ratio go together")
-    if heads_ratio is not None:
-        ratio = None  # explicit ratios override the --ratio rule
-    elif ratio is None:
+    if heads_ratio is None and ratio is None:
         raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
     protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
-    weights = _float_list("--data-weights", data_weights)
+    roots = [r for r in (data or "").split(",") if r.strip()]
+    weights = _data_weights(data_weights, len(roots))
+    if recover_steps is None:
+        if random_init:
+            recover_steps = 0
+            log("note: --random-init: recovery skipped (nothing to recover on random weights; "
+                "--recover-steps N runs it)")
+            decisions.append("recovery skipped for a random-init model")
+        else:
+            recover_steps = QUICK_RECOVER_STEPS if quick else 100
+    report = quick if report is None else report
     config = PruneConfig(
         importance=importance,
         ratios=RatioRequest(ratio, heads_ratio, mlp_ratio, None if protect is None else tuple(protect)),
-        data=tuple(r for r in (data or "").split(",") if r),
+        data=tuple(roots),
         data_weights=None if weights is None else tuple(weights),
         alpha=_parse_alpha(alpha),
         calib_size=calib_size if calib_size is not None else (8 if quick else 128),
         batch_size=batch_size,
-        recover_steps=recover_steps if recover_steps is not None else (QUICK_RECOVER_STEPS if quick else 100),
+        recover_steps=recover_steps,
         recover_batch_size=recover_batch_size,
         seed=seed,
         progress=not no_progress,
         round_to=round_to,
+        mask_threshold=mask_threshold,
     )
-    config.check(build_model(model_name, device="meta"))  # bad values fail before any work
+    arch = build_model(model_name, device="meta")
+    ratios = config.check(arch)  # bad values fail before any work
+    default = default_protection(arch)
+    if ratio is not None and protect is None and ratios.protect != default:
+        shown, most = ",".join(map(str, default)), max_ratio(arch, default)
+        log(f"note: --ratio {ratio} cannot be reached with blocks {shown} protected (at most {most:.4f}): "
+            f"protection lifted, every block may be pruned (--protect-blocks chooses)")
+        decisions.append(f"protection of blocks {shown} lifted: --ratio {ratio} exceeds {most:.4f}, the most "
+                         f"reachable with them protected")
+    if roots and not (importance in CALIBRATED_IMPORTANCES or recover_steps > 0 or report):
+        log(f"note: --data is not used: {importance} importance without recovery or report needs no images")
+        decisions.append(f"--data not used ({importance} importance, no recovery, no report)")
     dev = init_from_env(parse_device(device))
-    roots = list(config.data)
+    mask_counts = None
+    if roots:  # data folders and their masks, before any model work
+        mask_counts = check_masks(load_datasets(roots, mask_threshold), mask_threshold, log=log)
+    folder = RunFolder(out_dir, "prune", overwrite=overwrite, inputs=[checkpoint, source_checkpoint])
+    if is_main():
+        folder.check()
 
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -115,40 +160,63 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                 source = build_model(model_name, source_checkpoint).to(dev)
             except MedcoreError as exc:
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
-    before = profile_model(model)
-    shown_before = snapshot(model, roots or None, progress=not no_progress) if report else None
-    run = run_prune(model, config, source=source, log=click.echo if is_main() else _quiet)
-    after = profile_model(model)
-    extra = dict(run.extra)
-    if report:
-        shown_after = snapshot(model, roots or None, progress=not no_progress)
-        extra["report"] = {"evaluation_set": "test split of --data" if roots else "built-in SYNTHETIC set",
-                           "before": shown_before.to_dict(), "after": shown_after.to_dict()}
+    with guarded(folder if is_main() else None):
+        before = profile_model(model)
+        shown_before = (snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold)
+                        if report else None)
+        run = run_prune(model, config, source=source, log=log)
+        after = profile_model(model)
+        extra = dict(run.extra)
+        if report:
+            shown_after = snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold)
+            extra["report"] = {"evaluation_set": "test split of --data" if roots else "built-in SYNTHETIC set",
+                               "before": shown_before.to_dict(), "after": shown_after.to_dict()}
 
-    if not is_main():
-        return  # every process pruned the same way; only rank 0 writes and reports
-    os.makedirs(out_dir, exist_ok=True)
-    save_pruned(model.cpu(), os.path.join(out_dir, "pruned.pth"), base=model_name)
-    ratios = run.ratios
-    record = summary(
-        before, after, run.budget, run.plan,
-        model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
-        round_to=round_to, ratio=ratio, ratio_rule=None if ratios.rule is None else vars(ratios.rule), heads_ratio=ratios.heads_ratio,
-        mlp_ratio=ratios.mlp_ratio, protect_blocks=ratios.protect, alpha=alpha, data=roots, data_weights=weights,
-        calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
-        seconds=time.perf_counter() - start, **extra,
-    )
-    save_json(record, os.path.join(out_dir, "summary.json"))
-    if run.splits is not None:
-        save_json(run.splits, os.path.join(out_dir, "splits.json"))
-    written = ["pruned.pth", "summary.json"] + (["splits.json"] if run.splits is not None else [])
-    if run.scores_rows is not None:
-        save_text(_csv(run.scores_rows), os.path.join(out_dir, "scores.csv"))
-        written.append("scores.csv")
+        if not is_main():
+            return  # every process pruned the same way; only rank 0 writes and reports
+        folder.start()
+        if folder.removed:
+            decisions.append(f"--overwrite removed the earlier run's {', '.join(folder.removed)}")
+            log(f"note: --overwrite: removed the earlier run's {', '.join(folder.removed)} from {out_dir}")
+        save_pruned(model.cpu(), os.path.join(out_dir, "pruned.pth"), base=model_name)
+        ratios = run.ratios
+        record = summary(
+            before, after, run.budget, run.plan,
+            model=model_name, checkpoint=checkpoint, random_init=random_init, importance=importance,
+            round_to=round_to, ratio=ratio, ratio_rule=None if ratios.rule is None else vars(ratios.rule), heads_ratio=ratios.heads_ratio,
+            mlp_ratio=ratios.mlp_ratio, protect_blocks=ratios.protect,
+            protection_lifted=ratio is not None and protect is None and ratios.protect != default,
+            alpha=alpha, data=roots, data_weights=weights, mask_threshold=mask_threshold, masks=mask_counts,
+            calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
+            recover_steps=recover_steps, decisions=decisions, seconds=time.perf_counter() - start, **extra,
+        )
+        save_json(record, os.path.join(out_dir, "summary.json"))
+        if run.splits is not None:
+            save_json(run.splits, os.path.join(out_dir, "splits.json"))
+        written = ["pruned.pth", "summary.json"] + (["splits.json"] if run.splits is not None else [])
+        if run.scores_rows is not None:
+            save_text(_csv(run.scores_rows), os.path.join(out_dir, "scores.csv"))
+            written.append("scores.csv")
     _report(before, after, run.budget, record, importance, extra)
     if report:
         _report_quality(extra["report"])
     click.echo(f"wrote {', '.join(written)} to {out_dir}")
+
+
+def _data_weights(text: str | None, n_roots: int) -> list[float] | None:
+    """``--data-weights``: one finite, non-negative number per data folder, not all zero."""
+    weights = _float_list("--data-weights", text)
+    if weights is None:
+        return None
+    if n_roots == 0:
+        raise MedcoreError(f"--data-weights {text}: needs --data (one weight per data folder)")
+    if len(weights) != n_roots:
+        raise MedcoreError(f"--data-weights {text}: {len(weights)} weights for {n_roots} data folders")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise MedcoreError(f"--data-weights {text}: weights must be finite and >= 0")
+    if sum(weights) <= 0:
+        raise MedcoreError(f"--data-weights {text}: at least one weight must be > 0")
+    return weights
 
 
 QUICK_RECOVER_STEPS = 20  # without recovery the built-in 60% run falls from Dice 0.87 to 0.03; with 20: 0.67
@@ -200,8 +268,8 @@ def _report(before, after, budget, record, importance, extra) -> None:
             [
                 ("encoder parameters", f"{before.encoder_params:,}", f"{after.encoder_params:,}"),
                 ("model parameters", f"{before.params:,}", f"{after.params:,}"),
-                ("GFLOPs (torch)", f"{before.flops_torch_g:.1f}", f"{after.flops_torch_g:.1f}"),
-                ("GFLOPs (paper)", f"{before.flops_paper_g:.1f}", f"{after.flops_paper_g:.1f}"),
+                ("GFLOPs (torch)", gflops(before.flops_torch_g), gflops(after.flops_torch_g)),
+                ("GFLOPs (paper)", gflops(before.flops_paper_g), gflops(after.flops_paper_g)),
             ],
             ("", "before", "after"),
         )
