@@ -1,7 +1,7 @@
 """The README's deployment tables, generated from ``benchmarks/results/bench_deploy_*.json``.
 
-Usage: ``python benchmarks/deploy_table.py [--machine cpu2] [--write README.md]``: prints the
-markdown; with ``--write`` replaces the text between the ``<!-- deploy-table -->`` markers.
+Usage: ``python benchmarks/deploy_table.py [--machine cpu2]`` prints the markdown;
+``python benchmarks/render_tables.py`` puts it into README.md (``<!-- table:deploy -->``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-START, END = "<!-- deploy-table:start -->", "<!-- deploy-table:end -->"
 
 
 def _table(path: str) -> str:
@@ -45,20 +44,7 @@ def render(machine: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machine", default="cpu2")
-    parser.add_argument("--write", default=None, help="README to update between the markers")
-    args = parser.parse_args()
-    text = render(args.machine)
-    if args.write is None:
-        print(text)
-        return
-    readme = open(args.write).read()
-    if START not in readme or END not in readme:
-        raise SystemExit(f"{args.write}: no {START} ... {END} markers")
-    before, rest = readme.split(START, 1)
-    after = rest.split(END, 1)[1]
-    with open(args.write, "w") as f:
-        f.write(before + START + "\n" + text + END + after)
-    print(f"updated {args.write}")
+    print(render(parser.parse_args().machine))
 
 
 if __name__ == "__main__":

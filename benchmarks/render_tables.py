@@ -89,7 +89,15 @@ def _sweep(kind: str) -> Callable[[], str]:
     return table
 
 
+def deploy() -> str:
+    """``benchmarks/bench_deploy.py``'s latency tables, one per model (``deploy_table.py``)."""
+    import deploy_table
+
+    return deploy_table.render("cpu2").rstrip("\n")
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "deploy": deploy,
     "lite_medsam_sweep": _sweep("sweep"),
     "lite_medsam_comparisons": _sweep("comparisons"),
     "lite_medsam_leverage": _sweep("leverage"),
