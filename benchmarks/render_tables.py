@@ -89,6 +89,48 @@ def _sweep(kind: str) -> Callable[[], str]:
     return table
 
 
+def flops() -> str:
+    d = _load("prune_vit_b_cpu2.json")
+    return "\n".join([
+        "| | dense ViT-B (1024x1024) |", "|---|---|",
+        "| `flops_torch_g`: `torch.utils.flop_counter` on a meta-device copy (counts attention matmuls, rel-pos "
+        f"einsums, neck) | {d['flops_torch_g'][0]:.1f} G |",
+        "| `flops_paper_g`: the paper's 2 x MACs of patch embedding, projections, attention matmuls and MLP (neck, "
+        f"LayerNorm, softmax, biases ignored) | {d['flops_paper_g'][0]:.1f} G |",
+    ])
+
+
+def evaluate_speed() -> str:
+    lines = ["| model (input) | images | forward alone | evaluate | overhead |", "|---|---|---|---|---|"]
+    for r in sorted(_load("evaluate_cpu2.json"), key=lambda r: -r["input_size"]):
+        per = r["forward_alone_s"] / r["images"]
+        per_text = f"{per:.1f} s/image" if per >= 1 else f"{per * 1000:.1f} ms/image"
+        over = f"+{r['overhead_pct']:.1f}%" if r["overhead_pct"] < 100 else f"+{r['overhead_pct']:.0f}%"
+        if r["overhead_pct"] <= r["target_overhead_pct"]:
+            over = f"**{over}**"
+        lines.append(f"| `{r['model']}` ({r['input_size']}) | {r['images']}, batch {r['batch_size']} "
+                     f"| {r['forward_alone_s']:.3g} s ({per_text}) | {r['evaluate_s']:.3g} s | {over} |")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.1f} ms"
+
+
+def fisher_cost() -> str:
+    from medcore_tp.models.registry import MODELS
+
+    lines = ["| model (input) | images x rounds | Fisher per image | plain fwd+bwd per image | ratio "
+             "| peak memory Fisher / plain |", "|---|---|---|---|---|---|"]
+    for r in _load("fisher_cost_cpu2.json")["results"]:
+        mib = [r["memory"][k]["peak_increase_bytes"] / 2**20 for k in ("fisher", "plain")]
+        lines.append(f"| `{r['model']}` ({MODELS[r['model']].input.input_size}) | {r['images']} x {r['rounds']} "
+                     f"| {_duration(r['fisher_median_s_per_image'])} | {_duration(r['plain_median_s_per_image'])} "
+                     f"| **{r['ratio_of_medians']:.2f}x** | {mib[0]:,.0f} / {mib[1]:,.0f} MiB "
+                     f"({r['peak_memory_ratio']:.2f}x) |")
+    return "\n".join(lines)
+
+
 def deploy() -> str:
     """``benchmarks/bench_deploy.py``'s latency tables, one per model (``deploy_table.py``)."""
     import deploy_table
@@ -98,6 +140,9 @@ def deploy() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "deploy": deploy,
+    "flops": flops,
+    "fisher_cost": fisher_cost,
+    "evaluate_speed": evaluate_speed,
     "lite_medsam_sweep": _sweep("sweep"),
     "lite_medsam_comparisons": _sweep("comparisons"),
     "lite_medsam_leverage": _sweep("leverage"),
