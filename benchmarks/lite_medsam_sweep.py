@@ -25,6 +25,7 @@ from _cli import polyp_data  # noqa: E402
 from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
+from medcore_tp.paths import data_root  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # What the shared 2-core machine allowed in one session (see README): 5 test images per dataset,
@@ -87,7 +88,7 @@ def leverage_table(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--data-root", default=str(data_root()), help="Data folder ($MEDCORE_DATA).")
     parser.add_argument("--sweep", default="out/sweep-lite")
     parser.add_argument("--leverage", default="out/leverage-lite")
     parser.add_argument("--run", action="store_true", help="Run or resume the two commands first.")
