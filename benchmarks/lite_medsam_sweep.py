@@ -28,10 +28,10 @@ from medcore_tp.atomic import save_json  # noqa: E402
 from medcore_tp.paths import data_root  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-# What the shared 2-core machine allowed in one session (see README): 5 test images per dataset,
-# 4 calibration images per dataset, no recovery, 2 latency repeats.
-SWEEP_ARGS = ["--ratios", "0.3,0.5,0.6", "--importances", "medcore,taylor,random", "--eval-images", "5",
-              "--calib-size", "4", "--recover-steps", "0", "--repeats", "2"]
+# The project's default recovery (least-squares refit, equal-count allocation, no gradient steps) on
+# the full test splits (20 images per dataset); 16 calibration images per dataset, 1 latency repeat.
+SWEEP_ARGS = ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore", "--recover-steps", "0",
+              "--refit", "dense", "--allocation", "count", "--calib-size", "16", "--repeats", "1"]
 LEVERAGE_ARGS = ["--images", "4", "--head-ratios", "0.3,0.6", "--mlp-ratios", "0.3,0.6,0.9", "--resamples", "1000"]
 
 

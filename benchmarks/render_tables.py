@@ -82,10 +82,26 @@ def _sweep(kind: str) -> Callable[[], str]:
 
         if kind == "leverage":
             return sw.leverage_table(_load("lite_medsam_leverage_cpu2.json"))
-        name = "lite_medsam_sweep_cpu2.csv" if kind == "sweep" else "lite_medsam_comparisons_cpu2.csv"
+        name = {"sweep": "lite_medsam_sweep_cpu2.csv", "comparisons": "lite_medsam_comparisons_cpu2.csv",
+                "refit_sweep": "lite_medsam_refit_sweep_cpu2.csv",
+                "refit_comparisons": "lite_medsam_refit_comparisons_cpu2.csv"}[kind]
         with open(RESULTS / name, newline="") as f:
             rows = list(csv.DictReader(f))
-        return sw.sweep_table(rows) if kind == "sweep" else sw.comparison_table(rows)
+        return sw.sweep_table(rows) if kind.endswith("sweep") else sw.comparison_table(rows)
+    return table
+
+
+def _recipes(kind: str) -> Callable[[], str]:
+    """Tables of ``benchmarks/lite_medsam_recipes.py``'s results (its own renderers, from the CSVs)."""
+    def table() -> str:
+        import csv
+
+        import lite_medsam_recipes as rc
+
+        name = "lite_medsam_recipes_cpu2.csv" if kind == "points" else "lite_medsam_recipes_cpu2_paired.csv"
+        with open(RESULTS / name, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return rc.recipes_table(rows) if kind == "points" else rc.paired_table(rows)
     return table
 
 
@@ -146,6 +162,10 @@ TABLES: dict[str, Callable[[], str]] = {
     "lite_medsam_sweep": _sweep("sweep"),
     "lite_medsam_comparisons": _sweep("comparisons"),
     "lite_medsam_leverage": _sweep("leverage"),
+    "lite_medsam_refit_sweep": _sweep("refit_sweep"),
+    "lite_medsam_refit_comparisons": _sweep("refit_comparisons"),
+    "lite_medsam_recipes": _recipes("points"),
+    "lite_medsam_recipes_paired": _recipes("paired"),
     "lite_medsam_importances": lite_importances,
     "lite_medsam_cascade": lite_cascade,
     "prune_vit_b": vit_b,

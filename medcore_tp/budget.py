@@ -3,7 +3,8 @@
 Conventions (the paper's): a heads ratio is a fraction of ALL heads of the encoder and an MLP ratio a
 fraction of ALL MLP channels, protected blocks included in the denominators; the removals are taken
 from unprotected blocks only; each block keeps at least one head and ``round(0.05 * width)`` channels.
-The total is shared in proportion to per-block weights (uniform, or ``1 / s_b`` for MedCore),
+The total is shared in proportion to per-block weights (:data:`EVEN`: each block's own width, so every
+block gives up the same fraction; None: equal counts per block; or ``1 / s_b`` for MedCore),
 capped by what each block can give, and the rounding remainder is placed greedily.
 """
 
@@ -17,6 +18,7 @@ from medcore_tp.errors import MedcoreError
 
 MIN_HEADS = 1
 MIN_MLP_FRACTION = 0.05
+EVEN = "even"  # as ``weights``: in proportion to each block's width, the same fraction of every block
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ def allocate(total: int, capacity: Sequence[int], weights: Sequence[float] | Non
     return alloc
 
 
+def block_weights(weights: Sequence[float] | str | None, widths: Sequence[int]) -> Sequence[float] | None:
+    """The per-block allocation weights for groups of ``widths``: :data:`EVEN` becomes the widths."""
+    return [float(w) for w in widths] if isinstance(weights, str) and weights == EVEN else weights
+
+
 def check_protect(protect: Sequence[int], n_blocks: int) -> list[int]:
     """Validate protected block indices (the ``protect`` parameter)."""
     bad = [b for b in protect if not 0 <= b < n_blocks]
@@ -106,7 +113,7 @@ def ratio_budget(
     heads_ratio: float,
     mlp_ratio: float,
     protect: Sequence[int] = (),
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | str | None = None,
 ) -> Budget:
     """Per-block removals for head and MLP ratios (fractions of all heads / all MLP channels).
 
@@ -129,7 +136,7 @@ def ratio_budget(
                 f"{option} {ratio}: asks for {want} {unit} but at most {sum(cap)} can go{where} "
                 f"(largest ratio {sum(cap) / sum(widths):.4f})", option
             )
-        out.append(allocate(want, cap, weights))
+        out.append(allocate(want, cap, block_weights(weights, widths)))
     return Budget(heads=out[0], mlp=out[1])
 
 
@@ -152,7 +159,7 @@ class RatioRule:
 
 def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float, mlp_ratio: float,
                    head_params: int | Sequence[int], channel_params: int | Sequence[int],
-                   protect: Sequence[int] = (), weights: Sequence[float] | None = None) -> int:
+                   protect: Sequence[int] = (), weights: Sequence[float] | str | None = None) -> int:
     """Encoder parameters removed by these ratios (paper denominators, rounding as in the budget).
 
     ``head_params`` / ``channel_params``: parameters of one head / one MLP channel, either one number
@@ -168,8 +175,9 @@ def removed_params(heads: Sequence[int], mlp: Sequence[int], heads_ratio: float,
     if len(per_head) != len(heads) or len(per_channel) != len(mlp):
         raise ValueError(f"{len(heads)} blocks but {len(per_head)} head and {len(per_channel)} channel costs")
     cap_h, cap_m = removable(heads, mlp, protect)
-    return sum(n * p for n, p in zip(allocate(n_heads, cap_h, weights), per_head, strict=True)) + sum(
-        n * p for n, p in zip(allocate(n_mlp, cap_m, weights), per_channel, strict=True)
+    return sum(n * p for n, p in zip(allocate(n_heads, cap_h, block_weights(weights, heads)), per_head,
+                                     strict=True)) + sum(
+        n * p for n, p in zip(allocate(n_mlp, cap_m, block_weights(weights, mlp)), per_channel, strict=True)
     )
 
 
@@ -180,7 +188,7 @@ def ratio_ceiling(
     channel_params: int | Sequence[int],
     encoder_params: int,
     protect: Sequence[int],
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | str | None = None,
 ) -> float:
     """The largest ``--ratio`` the rule of :func:`ratio_rule` can reach with ``protect`` (every block
     keeping one head and 5% of its MLP channels)."""
@@ -195,7 +203,7 @@ def ratio_rule(
     channel_params: int | Sequence[int],
     encoder_params: int,
     protect: Sequence[int] | None = None,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | str | None = None,
 ) -> RatioRule:
     """Turn a target fraction of encoder parameters into head / MLP ratios and protected blocks.
 

@@ -178,7 +178,56 @@ def _aggregate(q: torch.Tensor, pi: torch.Tensor, beta: float) -> torch.Tensor:
     return pi @ q + beta * q.var(0, unbiased=False)
 
 
-class MedCoreImportance(tp.importance.Importance):
+class PerGroupImportance(tp.importance.Importance):
+    """A Torch-Pruning importance answering from fixed per-block scores: one per head and one per MLP
+    channel of each block of the dense encoder (low = pruned first).
+
+    Answers Torch-Pruning's call contract: one score per channel of the group's root, constant within
+    a head, so that ``MetaPruner`` ranks whole heads. Groups rooted anywhere else than a block's
+    attention or MLP layers get ``None`` (skipped). Subclasses compute the scores.
+    """
+
+    def __init__(self, model: nn.Module, head_scores: Sequence[torch.Tensor], mlp_scores: Sequence[torch.Tensor]) -> None:
+        self.encoder = image_encoder(model)
+        adapter = adapter_for(self.encoder)
+        self._adapter = adapter
+        self._hd = adapter.head_dim(self.encoder)
+        self.head_scores, self.mlp_scores = list(head_scores), list(mlp_scores)
+        self._roles: dict[nn.Module, tuple[int, str]] = {}
+        for b, blk in enumerate(adapter.blocks(self.encoder)):
+            qkv, proj = adapter.attention_linears(blk)
+            lin1, lin2 = adapter.mlp_linears(blk)
+            self._roles.update({qkv: (b, "qkv"), proj: (b, "proj"), lin1: (b, "lin1"), lin2: (b, "lin2")})
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        dep, _ = group[0]
+        role = self._roles.get(dep.target.module)
+        if role is None:
+            return None
+        block, layer = role
+        root = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
+        head_q, mlp_q = self.head_scores[block], self.mlp_scores[block]
+        if layer in ("lin1", "lin2"):
+            self._check(block, "MLP channels", len(mlp_q), dep.target.module.out_features if layer == "lin1"
+                        else dep.target.module.in_features)
+            return mlp_q[root].float()
+        nh = len(head_q)
+        hd = self._hd
+        width = dep.target.module.in_features if layer == "proj" else dep.target.module.out_features // 3
+        self._check(block, "heads", nh, width // hd)
+        heads = (root // hd) if layer == "proj" else self._adapter.qkv_row_heads(self.encoder, block, root)
+        return head_q[heads].float()
+
+    def _check(self, block: int, what: str, expected: int, now: int) -> None:
+        if expected != now:
+            raise RuntimeError(
+                f"the statistics were computed for {expected} {what} in block {block}, the model now has {now}; "
+                "recompute them on the current model"
+            )
+
+
+class MedCoreImportance(PerGroupImportance):
     """MedCore's Q as a Torch-Pruning importance (low = pruned first).
 
     Built from precomputed statistics of the dense encoder (:func:`block_statistics`); usable with
@@ -196,43 +245,8 @@ class MedCoreImportance(tp.importance.Importance):
     ) -> None:
         if not (alpha == "auto" or (isinstance(alpha, (int, float)) and 0.0 <= float(alpha) <= 1.0)):
             raise ValueError(f"alpha must be 'auto' or a number in [0, 1], got {alpha!r}")
-        self.encoder = image_encoder(model)
         self.scores = medcore_scores(stats, weights=weights, alpha=alpha, beta=beta)
-        adapter = adapter_for(self.encoder)
-        self._adapter = adapter
-        self._hd = adapter.head_dim(self.encoder)
-        self._roles: dict[nn.Module, tuple[int, str]] = {}
-        for b, blk in enumerate(adapter.blocks(self.encoder)):
-            qkv, proj = adapter.attention_linears(blk)
-            lin1, lin2 = adapter.mlp_linears(blk)
-            self._roles.update({qkv: (b, "qkv"), proj: (b, "proj"), lin1: (b, "lin1"), lin2: (b, "lin2")})
-
-    @torch.no_grad()
-    def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
-        dep, _ = group[0]
-        role = self._roles.get(dep.target.module)
-        if role is None:
-            return None
-        block, layer = role
-        root = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
-        s = self.scores[block]
-        if layer in ("lin1", "lin2"):
-            self._check(block, "MLP channels", len(s.mlp_q), dep.target.module.out_features if layer == "lin1"
-                        else dep.target.module.in_features)
-            return s.mlp_q[root].float()
-        nh = len(s.head_q)
-        hd = self._hd
-        width = dep.target.module.in_features if layer == "proj" else dep.target.module.out_features // 3
-        self._check(block, "heads", nh, width // hd)
-        heads = (root // hd) if layer == "proj" else self._adapter.qkv_row_heads(self.encoder, block, root)
-        return s.head_q[heads].float()
-
-    def _check(self, block: int, what: str, expected: int, now: int) -> None:
-        if expected != now:
-            raise RuntimeError(
-                f"MedCore statistics were computed for {expected} {what} in block {block}, the model now has {now}; "
-                "recompute them on the current model"
-            )
+        super().__init__(model, [s.head_q for s in self.scores], [s.mlp_q for s in self.scores])
 
 
 class BoundaryFisherImportance(MedCoreImportance):

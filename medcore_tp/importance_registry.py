@@ -7,6 +7,8 @@
 - ``"fisher"``: the boundary-aware Fisher of the calibration images (``medcore``: Q from Dzero,
   Dreset and alpha; ``boundary-fisher``: Dzero alone). These also give the per-block sensitivities
   that weight the budget (1 / s_b).
+- ``"refit"``: the input moments of every attention projection and MLP output layer on the
+  calibration images (``refit``: the greedy refit-aware removal order, :mod:`medcore_tp.refit_importance`).
 
 The CLI's ``--importance`` choices, the pruning pipeline and the sweeps all read this table, so a
 new importance is one entry here.
@@ -21,7 +23,7 @@ import torch_pruning as tp
 
 from medcore_tp.errors import MedcoreError
 
-NEEDS = ("nothing", "gradients", "fisher")
+NEEDS = ("nothing", "gradients", "fisher", "refit")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ IMPORTANCES: dict[str, ImportanceEntry] = {
     for e in (
         ImportanceEntry("medcore", "fisher", "MedCore's Q: alpha Dzero + (1 - alpha) Dreset (boundary-aware Fisher)"),
         ImportanceEntry("boundary-fisher", "fisher", "Dzero alone: the boundary-aware Fisher cost of zeroing a group"),
+        ImportanceEntry("refit", "refit", "what removing a group costs after the least-squares refit "
+                        "(structured optimal brain surgeon on the calibration tokens)"),
         ImportanceEntry("magnitude", "nothing", "L2 norm of the group's weights (Torch-Pruning)",
                         lambda: tp.importance.GroupMagnitudeImportance(p=2)),
         ImportanceEntry("taylor", "gradients", "|w * dL/dw| on the calibration images (Torch-Pruning)",

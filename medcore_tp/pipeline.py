@@ -18,8 +18,17 @@ import torch
 from torch import nn
 
 from medcore_tp.arch import adapter_for, image_encoder
-from medcore_tp.budget import Budget, RatioRule, ratio_budget, ratio_ceiling, ratio_rule, round_mlp_budget
+from medcore_tp.budget import (
+    EVEN,
+    Budget,
+    RatioRule,
+    ratio_budget,
+    ratio_ceiling,
+    ratio_rule,
+    round_mlp_budget,
+)
 from medcore_tp.calibration import CalibrationBatch, accumulate_gradients, calibration_sets, synthetic_batch
+from medcore_tp.distill import VIEWS, augmented_views, cache_teacher, distill
 from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
 from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, FISHER_IMPORTANCES, importance_entry
@@ -33,7 +42,11 @@ from medcore_tp.recipe import (
     sensitivity_weights,
     statistics,
 )
-from medcore_tp.recovery import recover
+from medcore_tp.reconstruction import ReconstructionStatistics, collect_statistics, refit, refit_paired
+from medcore_tp.recovery import hold_back, pool_loss, recover
+from medcore_tp.refit_importance import RefitImportance, refit_ranks
+
+HELD_BACK = 4  # calibration images held back from recovery to measure it
 
 __all__ = [
     "CALIBRATED_IMPORTANCES", "FISHER_IMPORTANCES", "PruneConfig", "PruneRun", "RatioRequest", "Ratios", "Scoring",
@@ -106,6 +119,10 @@ def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
                          count_params(encoder), protect)
 
 
+ALLOCATIONS = ("even", "count", "sensitivity")
+REFITS = ("paired", "dense", "none")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Everything a pruning run is asked to do (``medcore-tp prune`` builds one from its flags).
@@ -117,6 +134,16 @@ class PruneConfig:
     ``recover_steps``: recovery steps after each cascade stage (0: none), ``recover_batch_size`` per
     process. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
     ``mask_threshold``: how calibration masks are binarised (``--mask-threshold``; None: > 127).
+    ``refit``: after each stage's removal, refit the layers that read the removed groups by least
+    squares on the calibration images (:mod:`medcore_tp.reconstruction`): ``dense`` from the dense
+    model's statistics, ``paired`` then once more on the pruned model's own inputs against the dense
+    outputs (one forward of each per image and stage), ``none``. ``allocation``: how the
+    removals are shared among blocks: ``even`` (the same fraction of every unprotected block),
+    ``count`` (the same number from each, which strips narrow blocks first) or ``sensitivity``
+    (MedCore's 1 / s_b, Fisher importances only). ``distill_steps``: after the last
+    stage, that many steps of distillation towards the dense model's cached outputs on the mirrored
+    views of the calibration images (:mod:`medcore_tp.distill`; 0: none), at ``distill_lr`` with
+    ``distill_batch_size`` samples a step.
     """
 
     importance: str = "medcore"
@@ -132,6 +159,11 @@ class PruneConfig:
     progress: bool = False
     round_to: int = 1  # pruned MLP widths kept at multiples of this (Torch-Pruning's round_to)
     mask_threshold: float | None = None
+    refit: str = "dense"
+    allocation: str = "count"
+    distill_steps: int = 0
+    distill_lr: float = 1e-4
+    distill_batch_size: int = 2
 
     def check(self, arch: nn.Module) -> Ratios:
         """Validate everything that can be checked on the bare architecture, before any work."""
@@ -139,6 +171,18 @@ class PruneConfig:
         if self.data_weights is not None and len(self.data_weights) != max(len(self.data), 1):
             raise MedcoreError(f"data_weights {','.join(map(str, self.data_weights))}: {len(self.data_weights)} "
                                f"weights for {len(self.data)} data folders", "data_weights")
+        for name, value, ok, rule in (("distill_steps", self.distill_steps, self.distill_steps >= 0, ">= 0"),
+                                      ("distill_lr", self.distill_lr, self.distill_lr > 0, "> 0"),
+                                      ("distill_batch_size", self.distill_batch_size, self.distill_batch_size >= 1, ">= 1")):
+            if not ok:
+                raise MedcoreError(f"{name} {value}: must be {rule}", name)
+        if self.refit not in REFITS:
+            raise MedcoreError(f"refit {self.refit}: must be one of {', '.join(REFITS)}", "refit")
+        if self.allocation not in ALLOCATIONS:
+            raise MedcoreError(f"allocation {self.allocation}: must be one of {', '.join(ALLOCATIONS)}", "allocation")
+        if self.allocation == "sensitivity" and importance_entry(self.importance).needs != "fisher":
+            raise MedcoreError(f"allocation sensitivity: needs a Fisher importance ({', '.join(FISHER_IMPORTANCES)}), "
+                               f"not {self.importance}", "allocation")
         if not (self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0)):
             raise MedcoreError(f"alpha {self.alpha}: must be 'auto' or a number in [0, 1]", "alpha")
         return settle_ratios(arch, self.ratios)
@@ -156,6 +200,8 @@ class PruneRun:
     scores_rows: list[dict] | None = None
     extra: dict = field(default_factory=dict)
     recovery: list[dict] = field(default_factory=list)
+    refits: list[dict] = field(default_factory=list)
+    distillation: dict | None = None
 
 
 def calibration_batches(
@@ -193,6 +239,8 @@ class Scoring:
     data_weights: list[float] | None = None
     alpha: str | float = "auto"
     grads: dict[str, torch.Tensor] | None = None
+    reconstruction: ReconstructionStatistics | None = None
+    ranks: tuple | None = None
     seconds: float = 0.0
 
     def importance_for(self, model: nn.Module):
@@ -200,6 +248,8 @@ class Scoring:
         entry = importance_entry(self.name)
         if entry.needs == "fisher":
             return make_medcore_importance(model, self.stats, entry.name, self.data_weights, self.alpha)
+        if entry.needs == "refit":
+            return RefitImportance(model, ranks=self.ranks)
         if entry.needs == "gradients":
             for n, p in image_encoder(model).named_parameters():
                 p.grad = self.grads[n].clone() if n in self.grads else None
@@ -211,13 +261,18 @@ def score_importance(
     config: PruneConfig,
     source: nn.Module | None = None,
     log: Callable[[str], None] = print,
+    reconstruction: ReconstructionStatistics | None = None,
 ) -> Scoring:
     """Calibration statistics of ``config.importance`` on the dense ``model`` (Fisher, Taylor gradients)
-    and the calibration pool recovery draws from; ``model``'s weights are left as they are."""
+    and the calibration pool recovery draws from; ``model``'s weights are left as they are.
+
+    ``reconstruction``: refit statistics computed earlier on the same dense model and calibration
+    images (another importance's :class:`Scoring`), reused instead of collected again."""
     start = time.perf_counter()
     entry = importance_entry(config.importance)
     batches, splits, pool = None, None, []
-    if entry.needs_calibration or config.recover_steps > 0:
+    refits = config.refit != "none"
+    if entry.needs_calibration or config.recover_steps > 0 or config.distill_steps > 0 or refits:
         batches, splits = calibration_batches(model, config, log)
         pool = [b for bs in batches.values() for b in bs]
     weights = list(config.data_weights) if config.data_weights is not None else None
@@ -241,6 +296,11 @@ def score_importance(
         if source is None and entry.name == "medcore":
             log("no --source-checkpoint: only Dzero is available, alpha = 1 in every block")
         scoring.budget_weights = sensitivity_weights(imp)
+    if refits or entry.needs == "refit":
+        scoring.reconstruction = reconstruction or collect_statistics(model, pool, progress=config.progress)
+        scoring.calibration = scoring.calibration or {"datasets": list(batches), "samples": scoring.reconstruction.images}
+    if entry.needs == "refit":
+        scoring.ranks = refit_ranks(model, scoring.reconstruction)
     scoring.seconds = time.perf_counter() - start
     return scoring
 
@@ -257,13 +317,16 @@ def prune_scored(
     if config.importance != scoring.name:
         raise MedcoreError(f"importance {config.importance}: the scoring was computed for {scoring.name}",
                            "importance")
+    if config.refit != "none" and scoring.reconstruction is None:
+        raise MedcoreError("refit: the scoring holds no refit statistics (score with refit=True)", "refit")
     # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation changes
     # how many parameters a ratio removes, so the ratios are settled with those weights.
-    ratios = settle_ratios(model, config.ratios, scoring.budget_weights)
+    weights = {"sensitivity": scoring.budget_weights, "even": EVEN, "count": None}[config.allocation]
+    ratios = settle_ratios(model, config.ratios, weights)
     imp = scoring.importance_for(model)
     adapter, encoder = adapter_for(model), image_encoder(model)
     budget = ratio_budget(adapter.heads_per_block(encoder), adapter.mlp_per_block(encoder),
-                          ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=scoring.budget_weights)
+                          ratios.heads_ratio, ratios.mlp_ratio, ratios.protect, weights=weights)
     if config.round_to > 1:
         asked = budget.total_mlp
         budget = round_mlp_budget(budget, adapter.mlp_per_block(encoder), config.round_to)
@@ -272,24 +335,71 @@ def prune_scored(
     recovery: list[dict] = []
     steps, rbatch, pool = config.recover_steps, config.recover_batch_size, scoring.pool
 
-    def run_stage(stage: str, remove: Callable[[], None]) -> None:
+    refits: list[dict] = []
+    dense = copy.deepcopy(model).eval() if config.refit == "paired" or config.distill_steps > 0 else None
+
+    def report(stage: str, how: str, reports: list) -> None:
+        refits.extend({"stage": stage, "refit": how, **vars(r)} for r in reports)
+        before = sum(r.before for r in reports) / max(len(reports), 1)
+        after = sum(r.after for r in reports) / max(len(reports), 1)
+        log(f"refit ({how}) after removing {stage}: {len(reports)} layers, unexplained output variance "
+            f"{before:.4f} -> {after:.4f} (mean over layers, calibration images)")
+
+    def run_stage(stage: str, remove: Callable[[], None], part: Plan) -> None:
         teacher = copy.deepcopy(model) if steps > 0 else None
         remove()
+        if config.refit != "none":
+            report(stage, "dense", refit(model, scoring.reconstruction, part, stage))
+        if config.refit == "paired":
+            blocks = [b for b, bp in sorted(part.items()) if (bp.heads if stage == "heads" else bp.mlp)]
+            report(stage, "paired", refit_paired(model, dense, pool, blocks, stage, progress=config.progress))
         if teacher is not None:
             began = time.perf_counter()
-            curve = recover(model, teacher, pool, steps=steps, seed=config.seed + len(recovery),
+            # A fixed held-back set measures whether recovery converges: the per-step loss follows
+            # whichever image was drawn.
+            train, held = hold_back(pool, HELD_BACK)
+            held_before = pool_loss(model, teacher, held) if held else None
+            curve = recover(model, teacher, train, steps=steps, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch)
+            held_after = pool_loss(model, teacher, held) if held else None
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve,
-                             "seconds": time.perf_counter() - began})
-            log(f"recovery after removing {stage}: loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last)")
+                             "held_back_images": len(held), "held_back_before": held_before,
+                             "held_back_after": held_after, "seconds": time.perf_counter() - began})
+            if held:
+                log(f"recovery after removing {stage}: loss on {len(held)} held-back calibration images "
+                    f"{held_before:.4f} -> {held_after:.4f} ({steps} steps)")
+            else:
+                log(f"recovery after removing {stage}: too few calibration images to hold any back; "
+                    f"loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last step, another image)")
 
     # Random importance draws from torch's generator: seed it here so that a run's plan depends on the
     # seed alone, whatever happened in the process before (a sweep prunes many copies in one process).
     torch.manual_seed(config.seed)
     plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
+    distillation = _distill(model, dense, pool, config, log) if config.distill_steps > 0 and plan else None
     rows = scores_table(imp, plan) if importance_entry(scoring.name).needs == "fisher" else None
     return PruneRun(plan=plan, budget=budget, ratios=ratios, calibration=scoring.calibration, splits=scoring.splits,
-                    scores_rows=rows, extra=dict(scoring.extra), recovery=recovery)
+                    scores_rows=rows, extra=dict(scoring.extra), recovery=recovery, refits=refits,
+                    distillation=distillation)
+
+
+def _distill(model: nn.Module, dense: nn.Module, pool: list[CalibrationBatch], config: PruneConfig,
+             log: Callable[[str], None]) -> dict:
+    """Distillation of the pruned ``model`` towards ``dense`` on the calibration pool (held-back
+    images measure it); the record of :func:`medcore_tp.distill.distill` with its timings."""
+    began = time.perf_counter()
+    train, held = hold_back(pool, HELD_BACK)
+    targets = cache_teacher(dense, augmented_views(train), progress=config.progress)
+    held_targets = cache_teacher(dense, augmented_views(held, ("identity",))) if held else None
+    cached = time.perf_counter() - began
+    record = distill(model, targets, config.distill_steps, lr=config.distill_lr, batch_size=config.distill_batch_size,
+                     seed=config.seed, held_back=held_targets, progress=config.progress)
+    record.update(teacher_seconds=cached, seconds=time.perf_counter() - began)
+    measured = (f", loss on {len(held)} held-back calibration images {record['held_back_before']:.4f} -> "
+                f"{record['held_back_after']:.4f}" if held else " (too few calibration images to hold any back)")
+    log(f"distillation: {config.distill_steps} steps on {len(targets)} views of {len(targets) // len(VIEWS)} images"
+        f"{measured}")
+    return record
 
 
 def run_prune(

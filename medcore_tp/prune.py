@@ -80,14 +80,15 @@ def prune_by_budget(
     model: nn.Module,
     importance: Callable[[tp.dependency.Group], torch.Tensor | None],
     budget: Budget,
-    run_stage: Callable[[str, Callable[[], None]], None] | None = None,
+    run_stage: Callable[[str, Callable[[], None], Plan], None] | None = None,
 ) -> Plan:
     """Prepare ``model``'s encoder, score all groups once, remove heads, then MLP channels.
 
     Heads and channels are ranked on the dense model (one scoring pass). Gradient-based importances
-    need ``.grad`` filled before the call. Each stage's removal is handed to ``run_stage(name, remove)``
-    (``name`` is ``"heads"`` or ``"mlp"``), which must call ``remove()``; recovery wraps it there
-    (teacher taken before, training after). Returns the plan that was applied.
+    need ``.grad`` filled before the call. Each stage's removal is handed to
+    ``run_stage(name, remove, part)`` (``name`` is ``"heads"`` or ``"mlp"``, ``part`` the stage's share
+    of the plan), which must call ``remove()``; the refit and recovery wrap it there (teacher taken
+    before, refit and training after). Returns the plan that was applied.
     """
     if budget.total_heads == 0 and budget.total_mlp == 0:
         return {}  # nothing to remove: leave the model exactly as it is
@@ -95,12 +96,12 @@ def prune_by_budget(
     graph = build_graph(spec)
     scores = score_blocks(spec.encoder, graph, importance)
     plan = plan_from_scores(scores, budget)
-    run_stage = run_stage or (lambda _stage, remove: remove())
+    run_stage = run_stage or (lambda _stage, remove, _part: remove())
     heads = {b: BlockPlan(heads=p.heads) for b, p in plan.items() if p.heads}
     mlp = {b: BlockPlan(mlp=p.mlp) for b, p in plan.items() if p.mlp}
     for stage, part in (("heads", heads), ("mlp", mlp)):
         if part:
-            run_stage(stage, functools.partial(apply_plan, spec.encoder, part, graph))
+            run_stage(stage, functools.partial(apply_plan, spec.encoder, part, graph), part)
     return plan
 
 

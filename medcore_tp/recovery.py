@@ -108,6 +108,21 @@ def _sample_loss(model: nn.Module, teacher: nn.Module, encoder: torch.nn.Module,
     return loss
 
 
+def hold_back(pool: Sequence[CalibrationBatch], n: int) -> tuple[list[CalibrationBatch], list[CalibrationBatch]]:
+    """(training pool, held-back pool): the last ``n`` samples of ``pool`` are held back, unless that
+    would leave fewer than ``n`` to train on (then nothing is held back)."""
+    total = sum(len(b.images) for b in pool)
+    if n <= 0 or total < 2 * n:
+        return list(pool), []
+    flat = [(b, i) for b in pool for i in range(len(b.images))]
+    train, held = flat[: total - n], flat[total - n :]
+
+    def rebatch(items):
+        return [CalibrationBatch(b.images[i : i + 1], b.boxes[i : i + 1], b.masks[i : i + 1]) for b, i in items]
+
+    return rebatch(train), rebatch(held)
+
+
 @torch.no_grad()
 def pool_loss(model: nn.Module, teacher: nn.Module, pool: Sequence[CalibrationBatch]) -> float:
     """Mean recovery loss of ``model`` against ``teacher`` over every sample of ``pool``."""

@@ -41,11 +41,13 @@ from medcore_tp.checkpoint import load_model, load_pruned, save_pruned
 from medcore_tp.data import load_datasets, make_splits, resolve_splits, select_split
 from medcore_tp.errors import MedcoreError
 from medcore_tp.evaluate import evaluate
-from medcore_tp.importance_registry import IMPORTANCE_NAMES
+from medcore_tp.importance_registry import IMPORTANCE_NAMES, importance_entry
 from medcore_tp.metrics import METRIC_NAMES
 from medcore_tp.models import PACKAGED, build_model
 from medcore_tp.paired import paired_difference
 from medcore_tp.pipeline import (
+    ALLOCATIONS,
+    REFITS,
     PruneConfig,
     RatioRequest,
     Scoring,
@@ -84,6 +86,10 @@ class SweepConfig:
     box_jitter: int = 5
     protect: list[int] | None = None
     seed: int = 0
+    refit: str = "dense"
+    allocation: str = "count"
+    distill_steps: int = 0
+    distill_lr: float = 1e-4
 
     def settings(self) -> dict[str, Any]:
         """The settings record (paths made absolute, so that a rerun from elsewhere still matches)."""
@@ -129,6 +135,10 @@ def validate(config: SweepConfig) -> None:
         raise MedcoreError(f"--split must be test, val, train or all, got '{config.split}'")
     if not config.data:
         raise MedcoreError("--data: no folder given")
+    if config.refit not in REFITS:
+        raise MedcoreError(f"--refit: unknown refit '{config.refit}', choose from {', '.join(REFITS)}")
+    if config.allocation not in ALLOCATIONS:
+        raise MedcoreError(f"--allocation: unknown allocation '{config.allocation}', choose from {', '.join(ALLOCATIONS)}")
 
 
 def check_ratios(arch: Sam, ratios: Sequence[float], protect: Sequence[int] | None) -> None:
@@ -275,7 +285,8 @@ def run_sweep(
     bar = tqdm(total=len(points) + 1, desc="sweep", unit="point", disable=not progress, dynamic_ncols=True)
     say = log or (bar.write if progress else print)
     say(f"sweep: {len(points)} points ({len(config.ratios)} ratios x {len(config.importances)} importances) and the "
-        f"dense model, {config.recover_steps} recovery steps per stage, {config.finetune_epochs} fine-tuning epochs, "
+        f"dense model, refit {config.refit}, {config.allocation} allocation, {config.distill_steps} distillation steps, "
+        f"{config.recover_steps} recovery steps per stage, {config.finetune_epochs} fine-tuning epochs, "
         f"latency median of {config.repeats} interleaved with the dense model")
     if done:
         say(f"resuming {out}: {len(done)} finished point(s) kept ({', '.join(sorted(done))})")
@@ -301,8 +312,11 @@ def run_sweep(
             if imp not in scorings:
                 bar.set_postfix_str(f"calibrating {imp}")
                 hook(name, "calibration")
+                # the refit statistics depend on the dense model and the calibration images only
+                shared = next((s.reconstruction for s in scorings.values() if s.reconstruction is not None), None)
                 scorings[imp] = score_importance(dense, _prune_config(config, imp, ratio),
-                                                 source=source if imp == "medcore" else None, log=say)
+                                                 source=source if imp == "medcore" else None, log=say,
+                                                 reconstruction=shared)
             _pruned_point(config, dense, dense_profile, scorings[imp], imp, ratio, out / name, splits_path,
                           hook, lambda stage: bar.set_postfix_str(stage), say)
             result.computed.append(name)
@@ -321,7 +335,9 @@ def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneCo
         importance=importance,
         ratios=RatioRequest(ratio=ratio, protect=None if config.protect is None else tuple(config.protect)),
         data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
-        recover_steps=config.recover_steps, seed=config.seed,
+        recover_steps=config.recover_steps, seed=config.seed, refit=config.refit,
+        distill_steps=config.distill_steps, distill_lr=config.distill_lr,
+        allocation=config.allocation if importance_entry(importance).needs == "fisher" or config.allocation != "sensitivity" else "count",
     )
 
 
@@ -373,7 +389,8 @@ def _pruned_point(config: SweepConfig, dense: Sam, dense_profile, scoring: Scori
     run = _timed(seconds, "prune", lambda: prune_scored(model, _prune_config(config, imp, ratio), scoring,
                                                          log=lambda _m: None))
     seconds["recovery"] = sum(r.get("seconds", 0.0) for r in run.recovery)
-    seconds["prune"] -= seconds["recovery"]
+    seconds["distillation"] = run.distillation["seconds"] if run.distillation else 0.0
+    seconds["prune"] -= seconds["recovery"] + seconds["distillation"]
     finetune_record = None
     if config.finetune_epochs > 0:
         hook(name, "finetune")
@@ -397,7 +414,10 @@ def _pruned_point(config: SweepConfig, dense: Sam, dense_profile, scoring: Scori
         "profile": profile.to_dict(), "latency": lat[name], "latency_dense": lat[DENSE], **quality,
         "calibration": scoring.calibration, "extra": scoring.extra,
         "recovery": [{"stage": r["stage"], "steps": r["steps"], "first_loss": r["loss"][0], "last_loss": r["loss"][-1],
+                      "held_back_before": r.get("held_back_before"), "held_back_after": r.get("held_back_after"),
                       "seconds": r["seconds"]} for r in run.recovery],
+        "refits": run.refits,
+        "distillation": None if run.distillation is None else {k: v for k, v in run.distillation.items() if k != "loss"},
         "removed_heads_per_block": {str(b): list(p.heads) for b, p in run.plan.items() if p.heads},
         "removed_mlp_per_block": {str(b): list(p.mlp) for b, p in run.plan.items() if p.mlp},
         "finetune": finetune_record, "seconds": seconds, "environment": _environment(),
@@ -428,8 +448,8 @@ CSV_COLUMNS = (
     "point", "importance", "ratio", "removed_fraction", "encoder_params", "flops_torch_g", "flops_paper_g",
     "latency_s", "latency_min_s", "latency_max_s", "latency_dense_s", "speedup", *METRIC_NAMES, "n_images",
     "pareto_bf1_flops", "pareto_hd95_flops", "pareto_bf1_latency", "pareto_hd95_latency",
-    "seconds_calibration", "seconds_prune", "seconds_recovery", "seconds_finetune", "seconds_evaluate",
-    "seconds_latency",
+    "seconds_calibration", "seconds_prune", "seconds_recovery", "seconds_distillation", "seconds_finetune",
+    "seconds_evaluate", "seconds_latency",
 )
 COMPARISON_COLUMNS = ("ratio", "importance_a", "importance_b", "metric", "n", "mean_a", "mean_b", "mean_diff",
                       "ci_low", "ci_high", "level", "resamples")
@@ -465,8 +485,8 @@ def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "latency_dense_s": r["latency_dense"]["median_s"],
             "speedup": r["latency_dense"]["median_s"] / lat["median_s"],
             **{m: r["macro"][m] for m in METRIC_NAMES}, "n_images": r["n_images"],
-            **{f"seconds_{k}": sec.get(k, 0.0) for k in ("calibration", "prune", "recovery", "finetune", "evaluate",
-                                                         "latency")},
+            **{f"seconds_{k}": sec.get(k, 0.0) for k in ("calibration", "prune", "recovery", "distillation",
+                                                         "finetune", "evaluate", "latency")},
         })
     for metric, hib in (("boundary_f1", True), ("hd95", False)):
         for cost, key in (("flops_torch_g", "flops"), ("latency_s", "latency")):

@@ -102,3 +102,15 @@ def test_library_errors_name_parameters_and_the_cli_maps_them_to_flags():
         ratio_budget([12] * 12, [3072] * 12, 1.0, 0.1)
     assert err.value.param == "heads_ratio" and str(err.value).startswith("heads_ratio 1.0:")
     assert err.value.with_flags(PARAM_FLAGS) == "--heads-ratio 1.0: must be in [0, 1)"
+
+
+def test_even_allocation_takes_the_same_fraction_of_every_block():
+    from medcore_tp.budget import EVEN
+
+    heads, mlp = [4, 4, 5, 5, 10, 10], [512, 512, 640, 640, 1280, 1280]
+    budget = ratio_budget(heads, mlp, 0.5, 0.5, weights=EVEN)
+    assert sum(budget.heads) == 19 and all(abs(h - n / 2) <= 0.5 for h, n in zip(budget.heads, heads, strict=True))
+    assert [round(m / w, 2) for m, w in zip(budget.mlp, mlp, strict=True)] == [0.5] * 6
+    # equal counts (no weights) strip the narrow blocks first
+    count = ratio_budget(heads, mlp, 0.5, 0.5)
+    assert count.mlp[0] / mlp[0] > count.mlp[-1] / mlp[-1]

@@ -23,6 +23,7 @@ PARAM_FLAGS = {
     "data_weights": "--data-weights", "resize_mode": "--resize-mode", "split": "--split",
     "resolution": "--resolution", "batch_size": "--batch-size", "box_jitter": "--box-jitter",
     "calib_size": "--calib-size", "device": "--device", "resume": "--resume", "mask_threshold": "--mask-threshold",
+    "allocation": "--allocation", "refit": "--refit", "distill_steps": "--distill-steps", "distill_lr": "--distill-lr",
 }
 
 

@@ -37,6 +37,16 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--importances", default="medcore,taylor,magnitude,random", show_default=True)
 @click.option("--recover-steps", type=click.IntRange(min=0), default=100, show_default=True,
               help="Recovery steps after each cascade stage (0: none).")
+@click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
+              help="Least-squares refit of the layers reading removed groups after each stage: from dense "
+                   "statistics, then (paired) on the pruned model's own inputs.")
+@click.option("--allocation", type=click.Choice(["count", "even", "sensitivity"]), default="count", show_default=True,
+              help="How removals are shared among blocks: the same fraction of each (even), the same number "
+                   "from each (count) or MedCore's 1/s_b (sensitivity, Fisher importances only; others get even).")
+@click.option("--distill-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Distillation steps towards the dense model's cached outputs after pruning (0: none).")
+@click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Distillation learning rate.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fine-tune each point this many epochs on the train split of --data (0: none).")
 @click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True,
@@ -51,7 +61,7 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder (resumable).")
 def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eval_images, ratios, importances, recover_steps,
-          finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
+          refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
           out_dir) -> None:
     """Prune at every ratio with every importance from the same dense model; write sweep.csv, sweep.json,
     comparisons.csv and pareto.png. A rerun with the same --out finishes an interrupted sweep."""
@@ -65,7 +75,7 @@ def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eva
         importances=[i.strip() for i in importances.split(",") if i.strip()], recover_steps=recover_steps,
         finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
         box_jitter=box_jitter, protect=parse_int_list("--protect-blocks", protect_blocks) if protect_blocks else None,
-        seed=seed,
+        seed=seed, refit=refit, allocation=allocation, distill_steps=distill_steps, distill_lr=distill_lr,
     )
     result = run_sweep(config, out_dir, device=parse_device(device), progress=not no_progress,
                        log=None if not no_progress else click.echo)

@@ -1,0 +1,101 @@
+"""Cost of one distillation step against one plain student forward + backward, side by side.
+
+Distillation step (:mod:`medcore_tp.distill`): the student's encoder and decoder on a batch of cached
+samples, the embedding + boundary-weighted logit loss against the cached teacher outputs, backward,
+AdamW step. Plain: the same student, the same batch, encoder + decoder forward, ``logits.mean()``
+backward, no optimiser. The teacher's outputs are cached beforehand (that cost is paid once per image
+and reported separately, per sample). The two alternate, round after round, after one warm-up each;
+figures are medians over rounds. Target: step / plain <= 1.3.
+
+The student is the packaged LiteMedSAM with 50% of its encoder parameters removed (random importance,
+uniform allocation, no refit: the cost does not depend on which groups went).
+
+Usage: ``python benchmarks/bench_distill.py [--rounds 5] [--batch 2]``; writes
+``benchmarks/results/distill_cost_<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _machine import machine_info, machine_tag  # noqa: E402
+
+from medcore_tp.calibration import synthetic_batch, train_with_frozen_norms  # noqa: E402
+from medcore_tp.checkpoint import load_model  # noqa: E402
+from medcore_tp.distill import _loss, augmented_views, cache_teacher  # noqa: E402
+from medcore_tp.inference import decode_logits  # noqa: E402
+from medcore_tp.models.spec import input_spec  # noqa: E402
+from medcore_tp.pipeline import PruneConfig, RatioRequest, prune_scored, score_importance  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--ratio", type=float, default=0.5)
+    args = ap.parse_args()
+
+    dense, _ = load_model("lite-medsam", "packaged")
+    config = PruneConfig(importance="random", ratios=RatioRequest(ratio=args.ratio), recover_steps=0, refit="none")
+    student = copy.deepcopy(dense)
+    prune_scored(student, config, score_importance(student, config, log=lambda _m: None), log=lambda _m: None)
+    samples = augmented_views([synthetic_batch(args.batch, input_spec(dense), seed=0)], ("identity",))
+    began = time.perf_counter()
+    targets = cache_teacher(dense, samples, batch_size=1)
+    teacher_per_sample = (time.perf_counter() - began) / len(samples.images)
+    for p in student.parameters():
+        p.requires_grad_(False)  # only the encoder trains, as in distill()
+    for p in student.image_encoder.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(student.image_encoder.parameters(), lr=1e-6)
+    train_with_frozen_norms(student)
+    idx = list(range(len(targets)))
+
+    def step() -> None:
+        loss, _ = _loss(student, targets, idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def plain() -> None:
+        emb = student.image_encoder(targets.images)
+        decode_logits(student, emb, targets.boxes).mean().backward()
+        student.zero_grad(set_to_none=True)
+
+    times: dict[str, list[float]] = {"distill_step": [], "plain_forward_backward": []}
+    for fn in (step, plain):
+        fn()  # warm-up
+    for _ in range(args.rounds):
+        for name, fn in (("distill_step", step), ("plain_forward_backward", plain)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    record = {
+        "machine": machine_info(), "model": "lite-medsam", "removed_ratio": args.ratio, "batch": args.batch,
+        "rounds": args.rounds, "seconds": times, "median_s": med,
+        "ratio_step_over_plain": med["distill_step"] / med["plain_forward_backward"], "target": 1.3,
+        "teacher_seconds_per_sample": teacher_per_sample,
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"distill_cost_{machine_tag()}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"distillation step {med['distill_step']:.3f} s, plain forward + backward {med['plain_forward_backward']:.3f} s "
+          f"(batch {args.batch}): ratio {record['ratio_step_over_plain']:.3f} (target <= 1.3); teacher "
+          f"{teacher_per_sample:.3f} s per cached sample, once; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
