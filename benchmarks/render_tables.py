@@ -73,36 +73,26 @@ def vit_b() -> str:
     return "\n".join([head, "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
-def _sweep(kind: str) -> Callable[[], str]:
-    """Tables of ``benchmarks/lite_medsam_sweep.py``'s results (its own renderers, from the CSV / JSON)."""
+def _rows(name: str) -> list[dict]:
+    import csv
+
+    with open(RESULTS / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _from_csv(module: str, renderer: str, name: str) -> Callable[[], str]:
+    """A table drawn by a benchmark script's own renderer (``module.renderer``) from a results CSV."""
     def table() -> str:
-        import csv
+        import importlib
 
-        import lite_medsam_sweep as sw
-
-        if kind == "leverage":
-            return sw.leverage_table(_load("lite_medsam_leverage_cpu2.json"))
-        name = {"sweep": "lite_medsam_sweep_cpu2.csv", "comparisons": "lite_medsam_comparisons_cpu2.csv",
-                "refit_sweep": "lite_medsam_refit_sweep_cpu2.csv",
-                "refit_comparisons": "lite_medsam_refit_comparisons_cpu2.csv"}[kind]
-        with open(RESULTS / name, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return sw.sweep_table(rows) if kind.endswith("sweep") else sw.comparison_table(rows)
+        return getattr(importlib.import_module(module), renderer)(_rows(name))
     return table
 
 
-def _recipes(kind: str) -> Callable[[], str]:
-    """Tables of ``benchmarks/lite_medsam_recipes.py``'s results (its own renderers, from the CSVs)."""
-    def table() -> str:
-        import csv
+def leverage() -> str:
+    import lite_medsam_sweep as sw
 
-        import lite_medsam_recipes as rc
-
-        name = "lite_medsam_recipes_cpu2.csv" if kind == "points" else "lite_medsam_recipes_cpu2_paired.csv"
-        with open(RESULTS / name, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return rc.recipes_table(rows) if kind == "points" else rc.paired_table(rows)
-    return table
+    return sw.leverage_table(_load("lite_medsam_leverage_cpu2.json"))
 
 
 def flops() -> str:
@@ -159,13 +149,15 @@ TABLES: dict[str, Callable[[], str]] = {
     "flops": flops,
     "fisher_cost": fisher_cost,
     "evaluate_speed": evaluate_speed,
-    "lite_medsam_sweep": _sweep("sweep"),
-    "lite_medsam_comparisons": _sweep("comparisons"),
-    "lite_medsam_leverage": _sweep("leverage"),
-    "lite_medsam_refit_sweep": _sweep("refit_sweep"),
-    "lite_medsam_refit_comparisons": _sweep("refit_comparisons"),
-    "lite_medsam_recipes": _recipes("points"),
-    "lite_medsam_recipes_paired": _recipes("paired"),
+    "lite_medsam_sweep": _from_csv("lite_medsam_sweep", "sweep_table", "lite_medsam_sweep_cpu2.csv"),
+    "lite_medsam_comparisons": _from_csv("lite_medsam_sweep", "comparison_table", "lite_medsam_comparisons_cpu2.csv"),
+    "lite_medsam_leverage": leverage,
+    "lite_medsam_refit_sweep": _from_csv("lite_medsam_sweep", "sweep_table", "lite_medsam_refit_sweep_cpu2.csv"),
+    "lite_medsam_refit_comparisons": _from_csv("lite_medsam_sweep", "comparison_table",
+                                               "lite_medsam_refit_comparisons_cpu2.csv"),
+    "lite_medsam_recipes": _from_csv("lite_medsam_recipes", "recipes_table", "lite_medsam_recipes_cpu2.csv"),
+    "lite_medsam_recipes_paired": _from_csv("lite_medsam_recipes", "paired_table",
+                                            "lite_medsam_recipes_cpu2_paired.csv"),
     "lite_medsam_importances": lite_importances,
     "lite_medsam_cascade": lite_cascade,
     "prune_vit_b": vit_b,

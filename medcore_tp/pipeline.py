@@ -318,7 +318,7 @@ def prune_scored(
         raise MedcoreError(f"importance {config.importance}: the scoring was computed for {scoring.name}",
                            "importance")
     if config.refit != "none" and scoring.reconstruction is None:
-        raise MedcoreError("refit: the scoring holds no refit statistics (score with refit=True)", "refit")
+        raise MedcoreError(f"refit {config.refit}: the scoring holds no refit statistics (score with a refit other than none)", "refit")
     # Where per-block group sizes differ (TinyViT stages), the sensitivity-weighted allocation changes
     # how many parameters a ratio removes, so the ratios are settled with those weights.
     weights = {"sensitivity": scoring.budget_weights, "even": EVEN, "count": None}[config.allocation]

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medcore_tp.arch import adapter_for, image_encoder
-from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.calibration import CalibrationBatch, single_samples
 from medcore_tp.graph import Plan
 
 DEFAULT_RIDGE = 1e-3
@@ -86,13 +86,6 @@ def _augmented(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
 
 
-def _single(batches: Sequence[CalibrationBatch]) -> list[CalibrationBatch]:
-    """One image per batch: on a CPU a batch of 4 runs LiteMedSAM's encoder about 30% slower per image
-    than single images (its activations leave the caches), and the sums do not depend on batching."""
-    return [CalibrationBatch(b.images[i : i + 1], b.boxes[i : i + 1], b.masks[i : i + 1])
-            for b in batches for i in range(len(b.images))]
-
-
 def _target_layer(encoder: nn.Module, block: int, kind: str) -> nn.Linear:
     adapter = adapter_for(encoder)
     blk = adapter.blocks(encoder)[block]
@@ -133,7 +126,7 @@ def collect_statistics(
     was_training = encoder.training
     encoder.eval()
     try:
-        for batch in tqdm(_single(batches), desc="refit statistics", disable=not progress, leave=False):
+        for batch in tqdm(single_samples(batches), desc="refit statistics", disable=not progress, leave=False):
             encoder(batch.images.to(device))
             stats.images += len(batch.images)
     finally:
@@ -141,6 +134,15 @@ def collect_statistics(
             h.remove()
         encoder.train(was_training)
     return stats
+
+
+def _solve(c_kk: torch.Tensor, rhs: torch.Tensor, v0: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin_V tr(V c_kk V^T) - 2 tr(V rhs) + lam |V - v0|^2, bias column last and not pulled towards
+    its dense value; lam = ``ridge`` x mean diag of the non-bias part."""
+    lam = ridge * float(c_kk.diagonal()[:-1].mean()) if c_kk.shape[0] > 1 else 0.0
+    reg = torch.eye(c_kk.shape[0], dtype=torch.float64) * lam
+    reg[-1, -1] = 0.0
+    return torch.linalg.solve(c_kk + reg, rhs + reg @ v0.T).T
 
 
 def refit_weight(stats: LayerStatistics, kept: Sequence[int], ridge: float = DEFAULT_RIDGE
@@ -151,11 +153,8 @@ def refit_weight(stats: LayerStatistics, kept: Sequence[int], ridge: float = DEF
     d = c.shape[0] - 1
     k = torch.tensor(list(kept) + [d], dtype=torch.long)  # the bias input is always kept
     c_kk = c[k][:, k]
-    lam = ridge * float(c_kk.diagonal()[:-1].mean()) if len(kept) else 0.0
-    reg = torch.eye(len(k), dtype=torch.float64) * lam
-    reg[-1, -1] = 0.0  # the bias is not pulled towards its dense value
     w_k = w[:, k]
-    solved = torch.linalg.solve(c_kk + reg, (w @ c[:, k] + w_k @ reg).T).T
+    solved = _solve(c_kk, (w @ c[:, k]).T, w_k, ridge)
     total = float(torch.einsum("oi,ij,oj->", w, c, w))
 
     def residual(v: torch.Tensor) -> float:
@@ -211,12 +210,6 @@ def refit(
     return reports
 
 
-def _solve(c_kk: torch.Tensor, rhs: torch.Tensor, v0: torch.Tensor, ridge: float) -> torch.Tensor:
-    """argmin_V tr(V c_kk V^T) - 2 tr(V rhs) + lam |V - v0|^2 (bias column last, not regularised)."""
-    lam = ridge * float(c_kk.diagonal()[:-1].mean()) if c_kk.shape[0] > 1 else 0.0
-    reg = torch.eye(c_kk.shape[0], dtype=torch.float64) * lam
-    reg[-1, -1] = 0.0
-    return torch.linalg.solve(c_kk + reg, rhs + reg @ v0.T).T
 
 
 @torch.no_grad()
@@ -260,7 +253,7 @@ def refit_paired(
     handles = [mine[b].register_forward_pre_hook(take_input(b)) for b in blocks]
     handles += [theirs[b].register_forward_hook(take_target(b)) for b in blocks]
     try:
-        for batch in tqdm(_single(batches), desc=f"paired refit ({kind})", disable=not progress, leave=False):
+        for batch in tqdm(single_samples(batches), desc=f"paired refit ({kind})", disable=not progress, leave=False):
             x = batch.images.to(device)
             enc(x)  # holds the pruned inputs; the dense pass then pairs them with its outputs
             ref(x)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
+from medcore_tp.calibration import CalibrationBatch, single_samples, train_with_frozen_norms
 from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
 from medcore_tp.inference import decode_logits, input_size
 from medcore_tp.losses import morphological_band, recovery_loss
@@ -114,13 +114,8 @@ def hold_back(pool: Sequence[CalibrationBatch], n: int) -> tuple[list[Calibratio
     total = sum(len(b.images) for b in pool)
     if n <= 0 or total < 2 * n:
         return list(pool), []
-    flat = [(b, i) for b in pool for i in range(len(b.images))]
-    train, held = flat[: total - n], flat[total - n :]
-
-    def rebatch(items):
-        return [CalibrationBatch(b.images[i : i + 1], b.boxes[i : i + 1], b.masks[i : i + 1]) for b, i in items]
-
-    return rebatch(train), rebatch(held)
+    flat = single_samples(pool)
+    return flat[: total - n], flat[total - n :]
 
 
 @torch.no_grad()

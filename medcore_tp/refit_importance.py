@@ -29,15 +29,20 @@ from medcore_tp.reconstruction import DEFAULT_RIDGE, LayerStatistics, Reconstruc
 __all__ = ["RefitImportance", "greedy_order", "refit_ranks"]
 
 
+def _inverse_moment(stats: LayerStatistics, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, V): the inverse of the ridged input moments (as the refit regularises them) and a copy of
+    the dense weight, the starting point of the greedy removal."""
+    c = stats.moment.clone()
+    d = c.shape[0] - 1
+    c[range(d), range(d)] += ridge * float(c.diagonal()[:-1].mean())
+    return torch.linalg.inv(c), stats.weight.clone()
+
+
 def greedy_order(stats: LayerStatistics, groups: Sequence[Sequence[int]], ridge: float = DEFAULT_RIDGE,
                  keep: int = 1) -> list[int]:
     """Indices of ``groups`` (lists of input channels) in the order the greedy refit-aware removal
     takes them, stopping when ``keep`` groups are left (those come last, in index order)."""
-    c, v = stats.moment.clone(), stats.weight.clone()
-    d = c.shape[0] - 1
-    lam = ridge * float(c.diagonal()[:-1].mean())
-    c[range(d), range(d)] += lam
-    p = torch.linalg.inv(c)
+    p, v = _inverse_moment(stats, ridge)
     left = list(range(len(groups)))
     order: list[int] = []
     idx = [torch.tensor(list(g), dtype=torch.long) for g in groups]
@@ -63,10 +68,8 @@ def greedy_order(stats: LayerStatistics, groups: Sequence[Sequence[int]], ridge:
 
 def _mlp_order(stats: LayerStatistics, ridge: float) -> list[int]:
     """The greedy order over single MLP channels, vectorised (a group is one input)."""
-    c, v = stats.moment.clone(), stats.weight.clone()
-    d = c.shape[0] - 1
-    c[range(d), range(d)] += ridge * float(c.diagonal()[:-1].mean())
-    p = torch.linalg.inv(c)
+    p, v = _inverse_moment(stats, ridge)
+    d = p.shape[0] - 1
     alive = torch.ones(d, dtype=torch.bool)
     order = []
     for _ in range(d - 1):
