@@ -1,7 +1,8 @@
-"""Running ``medcore-tp`` steps from a benchmark: resumable, timed, and reading their summaries."""
+"""Running ``medcore-tp`` steps from a benchmark: resumable, timed, reading their summaries, writing result rows."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -36,3 +37,11 @@ def read_json(path: str) -> dict:
 def macro(eval_dir: str) -> dict:
     """Macro-mean metrics of an ``evaluate`` output folder."""
     return read_json(os.path.join(eval_dir, "summary.json"))["macro"]
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file at ``path``; floats to 6 significant digits."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)

@@ -31,7 +31,7 @@ from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.calibration import synthetic_batch, train_with_frozen_norms  # noqa: E402
 from medcore_tp.checkpoint import load_model  # noqa: E402
-from medcore_tp.distill import _loss, augmented_views, cache_teacher  # noqa: E402
+from medcore_tp.distill import augmented_views, cache_teacher, student_loss  # noqa: E402
 from medcore_tp.inference import decode_logits  # noqa: E402
 from medcore_tp.models.spec import input_spec  # noqa: E402
 from medcore_tp.pipeline import PruneConfig, RatioRequest, prune_scored, score_importance  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     idx = list(range(len(targets)))
 
     def step() -> None:
-        loss, _ = _loss(student, targets, idx)
+        loss, _ = student_loss(student, targets, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -32,6 +32,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _cli import write_rows  # noqa: E402
 from _machine import machine_info, machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json  # noqa: E402
@@ -88,10 +89,7 @@ def main() -> None:
     os.makedirs(RESULTS, exist_ok=True)
     base = os.path.join(RESULTS, f"lite_medsam_recipes_{tag}")
     for path, table in ((f"{base}.csv", rows), (f"{base}_paired.csv", paired)):
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in table)
+        write_rows(path, table)
     settings = {}
     for label, folder in points.items():  # the sweep each point came from, as it was asked
         path = os.path.join(os.path.dirname(os.path.abspath(folder)), "settings.json")

@@ -12,7 +12,9 @@ with e / z the student's embedding and logits, ``_t`` the teacher's, and band th
 gradient of the teacher's mask: what the decoder makes of the embedding is what is measured, and its
 boundary counts five times. Only the encoder trains (AdamW, cosine schedule with a short warm-up);
 batch-norm statistics stay frozen. :func:`distill` reports the loss on held-back samples before and
-after, so that a user sees whether it converged on images it did not train on.
+after, so that a user sees whether it converged on images it did not train on; given held-back
+samples with their masks it also checks their Dice and Boundary F1 along the run and ends at the best
+check (:mod:`medcore_tp.monitor`): a lower loss is not always a better segmentation.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from tqdm.auto import tqdm
 from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.inference import decode_logits
 from medcore_tp.losses import RECOVERY_BAND_WEIGHT, morphological_band
+from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps, held_back_quality
 
 VIEWS = ("identity", "hflip", "vflip")
 WARMUP_FRACTION = 0.05
 
-__all__ = ["VIEWS", "TeacherTargets", "augmented_views", "cache_teacher", "distill", "distillation_loss"]
+__all__ = ["VIEWS", "TeacherTargets", "augmented_views", "cache_teacher", "distill", "distillation_loss", "student_loss"]
 
 
 def augmented_views(pool: Sequence[CalibrationBatch], views: Sequence[str] = VIEWS) -> CalibrationBatch:
@@ -108,7 +111,8 @@ def distillation_loss(embedding: torch.Tensor, logits: torch.Tensor, teacher_emb
     return emb + out, {"embedding": emb.detach(), "logits": out.detach()}
 
 
-def _loss(model: nn.Module, targets: TeacherTargets, idx: Sequence[int]) -> tuple[torch.Tensor, dict]:
+def student_loss(model: nn.Module, targets: TeacherTargets, idx: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    """:func:`distillation_loss` of ``model`` (one forward, with gradients) on the samples ``idx`` of ``targets``."""
     device = next(model.parameters()).device
     part = targets.subset(idx)
     emb = model.image_encoder(part.images.to(device))
@@ -125,7 +129,7 @@ def held_back_loss(model: nn.Module, targets: TeacherTargets, batch_size: int = 
         total = 0.0
         for start in range(0, len(targets), batch_size):
             idx = range(start, min(start + batch_size, len(targets)))
-            total += float(_loss(model, targets, idx)[0]) * len(idx)
+            total += float(student_loss(model, targets, idx)[0]) * len(idx)
     finally:
         model.train(was)
     return total / max(len(targets), 1)
@@ -140,12 +144,21 @@ def distill(
     seed: int = 0,
     held_back: TeacherTargets | None = None,
     progress: bool = False,
+    monitor: Sequence[CalibrationBatch] | None = None,
+    checks: int = DEFAULT_CHECKS,
 ) -> dict:
     """Train ``model``'s encoder towards the cached teacher outputs in place for ``steps`` steps of
     ``batch_size`` samples (drawn without replacement, epoch by epoch). Returns the per-step losses
-    and, with ``held_back``, its loss before and after."""
+    and, with ``held_back``, its loss before and after.
+
+    ``monitor``: held-back samples with ground-truth masks. Their Dice and Boundary F1
+    (:func:`medcore_tp.monitor.held_back_quality`) are measured before the first step and ``checks``
+    times along the run, and the encoder ends with the weights of the best check, which may be the
+    weights it started with (recorded as ``kept_step``, 0)."""
     if steps <= 0:
         return {"steps": 0, "loss": []}
+    best = BestState() if monitor else None
+    check_at = check_steps(steps, checks) if best is not None else set()
     encoder = model.image_encoder
     frozen = [p for n, p in model.named_parameters() if not n.startswith("image_encoder.") and p.requires_grad]
     for p in frozen:
@@ -161,24 +174,32 @@ def distill(
         record["held_back_samples"] = len(held_back)
         record["held_back_before"] = held_back_loss(model, held_back)
     was = model.training
+    if best is not None:
+        best.offer(0, held_back_quality(model, monitor), encoder)
     train_with_frozen_norms(model)
     losses = []
     try:
-        for _ in tqdm(range(steps), desc="distillation", disable=not progress, leave=False):
+        for step in tqdm(range(1, steps + 1), desc="distillation", disable=not progress, leave=False):
             while len(order) < batch_size:
                 order += torch.randperm(len(targets), generator=gen).tolist()
             idx, order = order[:batch_size], order[batch_size:]
-            loss, _ = _loss(model, targets, idx)
+            loss, _ = student_loss(model, targets, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
+            if step in check_at:
+                best.offer(step, held_back_quality(model, monitor), encoder)
+                train_with_frozen_norms(model)
     finally:
         for p in frozen:
             p.requires_grad_(True)
         model.train(was)
     record["loss"] = losses
+    if best is not None:
+        best.restore(encoder)
+        record.update(checks=best.checks, kept_step=best.step)
     if held_back is not None and len(held_back):
         record["held_back_after"] = held_back_loss(model, held_back)
     return record

@@ -33,6 +33,7 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
 from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, FISHER_IMPORTANCES, importance_entry
 from medcore_tp.models.spec import input_spec
+from medcore_tp.monitor import BestState
 from medcore_tp.profile import count_params
 from medcore_tp.prune import prune_by_budget
 from medcore_tp.recipe import (
@@ -359,15 +360,18 @@ def prune_scored(
             # whichever image was drawn.
             train, held = hold_back(pool, HELD_BACK)
             held_before = pool_loss(model, teacher, held) if held else None
+            best = BestState()
             curve = recover(model, teacher, train, steps=steps, seed=config.seed + len(recovery),
-                            progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch)
+                            progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
+                            monitor=held, best=best)
             held_after = pool_loss(model, teacher, held) if held else None
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
-                             "held_back_after": held_after, "seconds": time.perf_counter() - began})
+                             "held_back_after": held_after, "checks": best.checks, "kept_step": best.step,
+                             "seconds": time.perf_counter() - began})
             if held:
                 log(f"recovery after removing {stage}: loss on {len(held)} held-back calibration images "
-                    f"{held_before:.4f} -> {held_after:.4f} ({steps} steps)")
+                    f"{held_before:.4f} -> {held_after:.4f} ({steps} steps); {_kept(best.checks, best.step)}")
             else:
                 log(f"recovery after removing {stage}: too few calibration images to hold any back; "
                     f"loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last step, another image)")
@@ -393,13 +397,25 @@ def _distill(model: nn.Module, dense: nn.Module, pool: list[CalibrationBatch], c
     held_targets = cache_teacher(dense, augmented_views(held, ("identity",))) if held else None
     cached = time.perf_counter() - began
     record = distill(model, targets, config.distill_steps, lr=config.distill_lr, batch_size=config.distill_batch_size,
-                     seed=config.seed, held_back=held_targets, progress=config.progress)
+                     seed=config.seed, held_back=held_targets, progress=config.progress, monitor=held or None)
     record.update(teacher_seconds=cached, seconds=time.perf_counter() - began)
     measured = (f", loss on {len(held)} held-back calibration images {record['held_back_before']:.4f} -> "
                 f"{record['held_back_after']:.4f}" if held else " (too few calibration images to hold any back)")
     log(f"distillation: {config.distill_steps} steps on {len(targets)} views of {len(targets) // len(VIEWS)} images"
         f"{measured}")
+    if held:
+        log(f"distillation: {_kept(record['checks'], record['kept_step'])}")
     return record
+
+
+def _kept(checks: list[dict], kept_step: int) -> str:
+    """What the held-back checks of a training run showed and which weights it kept, in words."""
+    first, last = checks[0], checks[-1]
+    kept = next(c for c in checks if c["step"] == kept_step)
+    return (f"held-back Dice / Boundary F1 (logit side) {first['dice']:.3f} / {first['boundary_f1']:.3f} before, "
+            f"{last['dice']:.3f} / {last['boundary_f1']:.3f} after the last step; kept the weights of step {kept_step} "
+            f"({kept['dice']:.3f} / {kept['boundary_f1']:.3f})"
+            + (": training did not help these images, so the weights are those before it" if kept_step == 0 else ""))
 
 
 def run_prune(

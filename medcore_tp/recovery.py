@@ -30,6 +30,7 @@ from medcore_tp.calibration import CalibrationBatch, single_samples, train_with_
 from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
 from medcore_tp.inference import decode_logits, input_size
 from medcore_tp.losses import morphological_band, recovery_loss
+from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps, held_back_quality
 
 
 def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
@@ -50,14 +51,24 @@ def recover(
     progress: bool = False,
     description: str = "recovery",
     batch_size: int = 1,
+    monitor: Sequence[CalibrationBatch] | None = None,
+    best: BestState | None = None,
+    checks: int = DEFAULT_CHECKS,
 ) -> list[float]:
     """Train ``model``'s encoder towards ``teacher`` (frozen) in place; returns the per-step losses.
 
     ``teacher`` is the model as it was when the cascade stage started, before its groups were removed.
     ``batch_size`` is per process; the returned losses are means over each step's global batch.
+    ``monitor`` (held-back samples with masks) and ``best`` (an empty :class:`BestState`): their
+    Dice / Boundary F1 is checked before the first step and ``checks`` times along the run, and the
+    encoder ends with the weights of the best check (every process computes the same checks).
     """
     if steps <= 0:
         return []
+    watch = monitor is not None and best is not None and len(monitor) > 0
+    check_at = check_steps(steps, checks) if watch else set()
+    if watch:
+        best.offer(0, held_back_quality(model, monitor), model.image_encoder)
     images = torch.cat([b.images for b in pool])
     boxes = torch.cat([b.boxes for b in pool])
     masks = torch.cat([b.masks for b in pool])
@@ -86,10 +97,15 @@ def recover(
             loss.backward()
             optimizer.step()
             losses[step] = loss.detach() / world
+            if step + 1 in check_at:
+                best.offer(step + 1, held_back_quality(model, monitor), encoder)
+                train_with_frozen_norms(model)
     finally:
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
+    if watch:
+        best.restore(encoder)
     losses = losses.cpu()
     all_reduce_sum([losses])
     return losses.tolist()

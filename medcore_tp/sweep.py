@@ -288,16 +288,28 @@ def run_sweep(
         f"dense model, refit {config.refit}, {config.allocation} allocation, {config.distill_steps} distillation steps, "
         f"{config.recover_steps} recovery steps per stage, {config.finetune_epochs} fine-tuning epochs, "
         f"latency median of {config.repeats} interleaved with the dense model")
+    fallback = [imp for imp in config.importances if _point_allocation(config, imp) != config.allocation]
+    if fallback:
+        say(f"note: --allocation {config.allocation} needs a Fisher importance; {', '.join(fallback)} use count")
     if done:
         say(f"resuming {out}: {len(done)} finished point(s) kept ({', '.join(sorted(done))})")
     result = SweepResult([], [])
     scorings: dict[str, Scoring] = {}
     dense_profile = profile_model(dense)
+
+    def show(point: str, stage: str) -> None:
+        # without a bar, a line per stage: a long sweep must not look stalled
+        if progress:
+            bar.set_postfix_str(stage)
+        else:
+            say(f"[{point}] {stage}")
+
     try:
         bar.set_description(f"sweep [{DENSE}]")
         if DENSE in done:
             result.reused.append(DENSE)
         else:
+            show(DENSE, "evaluate and latency")
             _dense_point(config, dense, dense_profile, out / DENSE, splits_path, hook)
             result.computed.append(DENSE)
         bar.update(1)
@@ -310,7 +322,7 @@ def run_sweep(
                 bar.update(1)
                 continue
             if imp not in scorings:
-                bar.set_postfix_str(f"calibrating {imp}")
+                show(name, f"calibrating {imp}")
                 hook(name, "calibration")
                 # the refit statistics depend on the dense model and the calibration images only
                 shared = next((s.reconstruction for s in scorings.values() if s.reconstruction is not None), None)
@@ -318,7 +330,8 @@ def run_sweep(
                                                  source=source if imp == "medcore" else None, log=say,
                                                  reconstruction=shared)
             _pruned_point(config, dense, dense_profile, scorings[imp], imp, ratio, out / name, splits_path,
-                          hook, lambda stage: bar.set_postfix_str(stage), say)
+                          hook, lambda stage, name=name: show(name, stage), say,
+                          (lambda _m: None) if progress else (lambda m, name=name: say(f"[{name}] {m}")))
             result.computed.append(name)
             bar.update(1)
             _write_outputs(config, out)
@@ -337,8 +350,15 @@ def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneCo
         data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
         recover_steps=config.recover_steps, seed=config.seed, refit=config.refit,
         distill_steps=config.distill_steps, distill_lr=config.distill_lr,
-        allocation=config.allocation if importance_entry(importance).needs == "fisher" or config.allocation != "sensitivity" else "count",
+        allocation=_point_allocation(config, importance),
     )
+
+
+def _point_allocation(config: SweepConfig, importance: str) -> str:
+    """``config.allocation``, except that 1/s_b needs a Fisher importance: the others fall back to count."""
+    if config.allocation == "sensitivity" and importance_entry(importance).needs != "fisher":
+        return "count"
+    return config.allocation
 
 
 def _timed(seconds: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
@@ -379,7 +399,8 @@ def _dense_point(config: SweepConfig, dense: Sam, profile, folder: Path, splits_
 
 
 def _pruned_point(config: SweepConfig, dense: Sam, dense_profile, scoring: Scoring, imp: str, ratio: float,
-                  folder: Path, splits_path: Path, hook, stage: Callable[[str], None], say) -> None:
+                  folder: Path, splits_path: Path, hook, stage: Callable[[str], None], say,
+                  detail: Callable[[str], None]) -> None:
     name = point_name(imp, ratio)
     _fresh(folder)
     seconds: dict[str, float] = {"calibration": scoring.seconds}
@@ -387,7 +408,7 @@ def _pruned_point(config: SweepConfig, dense: Sam, dense_profile, scoring: Scori
     stage("prune + recovery")
     model = copy.deepcopy(dense)
     run = _timed(seconds, "prune", lambda: prune_scored(model, _prune_config(config, imp, ratio), scoring,
-                                                         log=lambda _m: None))
+                                                         log=detail))
     seconds["recovery"] = sum(r.get("seconds", 0.0) for r in run.recovery)
     seconds["distillation"] = run.distillation["seconds"] if run.distillation else 0.0
     seconds["prune"] -= seconds["recovery"] + seconds["distillation"]
@@ -415,6 +436,7 @@ def _pruned_point(config: SweepConfig, dense: Sam, dense_profile, scoring: Scori
         "calibration": scoring.calibration, "extra": scoring.extra,
         "recovery": [{"stage": r["stage"], "steps": r["steps"], "first_loss": r["loss"][0], "last_loss": r["loss"][-1],
                       "held_back_before": r.get("held_back_before"), "held_back_after": r.get("held_back_after"),
+                      "checks": r.get("checks"), "kept_step": r.get("kept_step"),
                       "seconds": r["seconds"]} for r in run.recovery],
         "refits": run.refits,
         "distillation": None if run.distillation is None else {k: v for k, v in run.distillation.items() if k != "loss"},

@@ -127,3 +127,17 @@ def test_every_command_treats_a_model_name_the_same_way(tmp_path):
         res = run(*command, "--model", "tiny", "--random-init", "--checkpoint", tmp_path / "x.pth", "--out", tmp_path / "o")
         assert "not both" in _error(res)
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_with_distillation_says_which_weights_it_kept(tmp_path):
+    from medcore_tp.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "d", n=20, size=64, seed=2)
+    res = run("prune", "--model", "tiny", "--random-init", "--data", data, "--calib-size", 10, "--ratio", 0.3,
+              "--importance", "random", "--distill-steps", 4, "--no-progress", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    record = summary["distillation"]
+    assert [c["step"] for c in record["checks"]][0] == 0 and record["checks"][-1]["step"] == 4
+    assert f"kept the weights of step {record['kept_step']}" in res.output
+    assert {r["stage"] for r in summary["refits"]} == {"heads", "mlp"}  # the refit is recorded with the run

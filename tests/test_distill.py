@@ -62,3 +62,54 @@ def test_distillation_lowers_the_student_teacher_gap(tiny_model):
     assert held_back_loss(student, targets) < before
     assert record["held_back_after"] < record["held_back_before"]
     assert all(p.requires_grad for p in student.parameters())  # the decoder was frozen only while training
+
+
+def test_held_back_quality_equals_a_direct_computation(tiny_model):
+    from medcore_tp.inference import forward_logits
+    from medcore_tp.metrics import boundary_f1, dice
+    from medcore_tp.monitor import held_back_quality
+
+    batches = [synthetic_batch(3, input_spec(tiny_model), seed=5), synthetic_batch(2, input_spec(tiny_model), seed=6)]
+    got = held_back_quality(tiny_model, batches)
+    d, b = [], []
+    with torch.no_grad():
+        for batch in batches:
+            pred = (forward_logits(tiny_model.eval(), batch.images, batch.boxes)[:, 0] > 0).numpy()
+            for p, g in zip(pred, batch.masks.numpy(), strict=True):
+                d.append(dice(p, g))
+                b.append(boundary_f1(p, g, tolerance=1))
+    assert got["dice"] == pytest.approx(np.mean(d)) and got["boundary_f1"] == pytest.approx(np.mean(b))
+    assert got["score"] == pytest.approx((np.mean(d) + np.mean(b)) / 2)
+
+
+def test_best_state_restores_the_best_check_not_the_last(tiny_model):
+    from medcore_tp.monitor import BestState
+
+    enc = tiny_model.image_encoder
+    start = {k: v.clone() for k, v in enc.state_dict().items()}
+    best = BestState()
+    assert best.offer(0, {"score": 0.5}, enc)
+    with torch.no_grad():
+        next(enc.parameters()).add_(1.0)
+    assert not best.offer(1, {"score": 0.4}, enc)
+    best.restore(enc)
+    assert best.step == 0 and [c["step"] for c in best.checks] == [0, 1]
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_distillation_with_a_monitor_ends_at_its_best_check(tiny_model):
+    from medcore_tp.monitor import held_back_quality
+
+    config = PruneConfig(importance="random", ratios=RatioRequest(ratio=0.4), calib_size=8, recover_steps=0, refit="none")
+    student = copy.deepcopy(tiny_model)
+    prune_scored(student, config, score_importance(student, config, log=lambda _m: None), log=lambda _m: None)
+    targets = cache_teacher(tiny_model, augmented_views([synthetic_batch(6, input_spec(tiny_model), seed=3)]))
+    monitor = [synthetic_batch(4, input_spec(tiny_model), seed=12)]
+    # a learning rate far too high: some checks get worse, and the run must not end on a worse one
+    record = distill(student, targets, steps=8, lr=0.3, batch_size=2, monitor=monitor, checks=4)
+    steps = [c["step"] for c in record["checks"]]
+    assert steps == [0, 2, 4, 6, 8]
+    scores = [c["score"] for c in record["checks"]]
+    assert record["kept_step"] == max(s for s, v in zip(steps, scores, strict=True) if v == max(scores))  # ties: latest
+    assert held_back_quality(student, monitor)["score"] == pytest.approx(max(scores))

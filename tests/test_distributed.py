@@ -43,10 +43,22 @@ def _one(*args: str) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+def _without_key_biases(name: str, value: torch.Tensor) -> torch.Tensor:
+    # Softmax over keys is invariant to a bias shared by every key, so these biases get a gradient that is
+    # zero in exact arithmetic: rounding noise, which Adam normalises into lr-sized steps in either run.
+    if name.endswith("k_proj.bias"):
+        return value[:0]
+    if name.endswith("qkv.bias"):
+        q, _, v = value.chunk(3)
+        return torch.cat([q, v])
+    return value
+
+
 def _assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-6, msg=k)
+        torch.testing.assert_close(_without_key_biases(k, b[k]), _without_key_biases(k, a[k]),
+                                   rtol=1e-4, atol=2e-6, msg=k)
 
 
 def test_two_processes_match_one(tmp_path):

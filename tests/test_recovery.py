@@ -63,3 +63,19 @@ def test_recovery_lowers_its_loss_and_moves_towards_the_teacher(tiny_model):
     for (n, p), (_, q) in zip(tiny_model.named_parameters(), teacher.named_parameters(), strict=True):
         if not n.startswith("image_encoder."):
             assert torch.equal(p, q), n
+
+
+def test_recovery_with_a_monitor_ends_at_its_best_check(tiny_model):
+    from medcore_tp.monitor import BestState, held_back_quality
+
+    pool = _pool(input_spec(tiny_model))
+    held = [synthetic_batch(3, input_spec(tiny_model), seed=9)]
+    teacher = copy.deepcopy(tiny_model)
+    prepare_pruning(tiny_model)
+    apply_plan(tiny_model.image_encoder, {b: BlockPlan(heads=(0,), mlp=tuple(range(64))) for b in range(4)})
+    best = BestState()
+    recover(tiny_model, teacher, pool, steps=6, lr=0.05, seed=0, monitor=held, best=best, checks=3)
+    assert [c["step"] for c in best.checks] == [0, 2, 4, 6]
+    scores = [c["score"] for c in best.checks]
+    assert best.score == max(scores)
+    assert held_back_quality(tiny_model, held)["score"] == pytest.approx(max(scores))

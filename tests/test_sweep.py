@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from medcore_tp import build_model
 from medcore_tp.cli import main
 from medcore_tp.metrics import METRIC_NAMES
-from medcore_tp.sweep import SweepConfig, pareto_front, run_sweep
+from medcore_tp.sweep import SweepConfig, _prune_config, pareto_front, run_sweep
 from medcore_tp.synthetic import write_synthetic_dataset
 
 SETTINGS = ["--ratios", "0.3,0.5", "--importances", "medcore,random", "--calib-size", "2", "--batch-size", "2",
@@ -162,6 +162,20 @@ def test_sweep_of_an_already_pruned_checkpoint(finished, setup, tmp_path):
     before = json.loads((out / "random-0.3" / "point.json").read_text())["profile"]["encoder_params"]
     assert int(rows[0]["encoder_params"]) == before
     assert abs(float(rows[1]["removed_fraction"]) - 0.2) < 0.02
+
+
+def test_sensitivity_allocation_falls_back_to_count_and_says_so(setup, tmp_path):
+    root, data, ckpt = setup
+    config = _config(data, ckpt)
+    config.allocation, config.ratios, config.importances = "sensitivity", [0.3], ["random"]
+    assert _prune_config(config, "random", 0.3).allocation == "count"
+    assert _prune_config(config, "medcore", 0.3).allocation == "sensitivity"
+    said: list[str] = []
+    run_sweep(config, tmp_path / "s", progress=False, log=said.append)
+    assert any("random use count" in line for line in said), said
+    # without a progress bar every stage of every point is said, so a long sweep never looks stalled
+    for stage in ("[dense] evaluate", "[random-0.3] prune", "[random-0.3] evaluating", "[random-0.3] latency"):
+        assert any(line.startswith(stage) for line in said), (stage, said)
 
 
 def test_pareto_front():

@@ -182,7 +182,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                         if report else None)
         run = run_prune(model, config, source=source, log=log)
         after = profile_model(model)
-        extra = dict(run.extra)
+        extra = dict(run.extra, refits=run.refits, distillation=run.distillation)
         if report:
             shown_after = snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold)
             extra["report"] = {"evaluation_set": "test split of --data" if roots else "built-in SYNTHETIC set",

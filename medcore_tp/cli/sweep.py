@@ -42,7 +42,7 @@ def _folders(text: str | None) -> list[str] | None:
                    "statistics, then (paired) on the pruned model's own inputs.")
 @click.option("--allocation", type=click.Choice(["count", "even", "sensitivity"]), default="count", show_default=True,
               help="How removals are shared among blocks: the same fraction of each (even), the same number "
-                   "from each (count) or MedCore's 1/s_b (sensitivity, Fisher importances only; others get even).")
+                   "from each (count) or MedCore's 1/s_b (sensitivity, Fisher importances only; the others get count).")
 @click.option("--distill-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Distillation steps towards the dense model's cached outputs after pruning (0: none).")
 @click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,

@@ -1,0 +1,101 @@
+"""Does deployment change the numbers? LiteMedSAM dense and pruned, evaluated in PyTorch and through the
+ONNX Runtime export on the same images with the same boxes; per-image metric differences.
+
+For each model (the packaged dense weights, and ``--pruned`` checkpoints), ``medcore-tp export --format
+onnx`` writes the encoder and the box decoder, then ``medcore-tp evaluate`` runs the dev test splits of
+kvasir-seg-256 and cvc-clinicdb-256 twice, ``--backend torch`` and ``--backend onnxruntime``, with one
+splits file. Writes ``benchmarks/results/export_parity_<machine>.csv`` (per model and metric: both
+means and the largest per-image |difference|) and ``..._machine.json``, and prints the table. The
+target of the deploy issue is a difference <= 1e-3 in Dice, Boundary F1 and HD95.
+
+Usage: ``python benchmarks/export_parity.py --pruned p50=out/sweep/medcore-0.5/pruned.pth
+[--splits out/sweep/splits.json] [--work out/export_parity]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _cli import polyp_data, run_cli, write_rows  # noqa: E402
+from _machine import machine_info, machine_tag  # noqa: E402
+
+from medcore_tp.atomic import save_json  # noqa: E402
+from medcore_tp.metrics import METRIC_NAMES  # noqa: E402
+from medcore_tp.paths import data_root  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+TOLERANCE = 1e-3
+
+
+def per_image(folder: str) -> dict[tuple[str, str], dict[str, float]]:
+    with open(os.path.join(folder, "per_image.csv"), newline="") as f:
+        return {(r["dataset"], r["name"]): {m: float(r[m]) for m in METRIC_NAMES} for r in csv.DictReader(f)}
+
+
+def parity_rows(label: str, torch_dir: str, ort_dir: str) -> list[dict]:
+    """One row per metric: means under both backends and the largest per-image |difference|."""
+    a, b = per_image(torch_dir), per_image(ort_dir)
+    if a.keys() != b.keys():
+        raise SystemExit(f"{label}: the two evaluations did not score the same images")
+    rows = []
+    for m in METRIC_NAMES:
+        diffs = [abs(a[k][m] - b[k][m]) for k in a]
+        rows.append({"model": label, "metric": m, "n": len(a), "torch": sum(a[k][m] for k in a) / len(a),
+                     "onnxruntime": sum(b[k][m] for k in b) / len(b), "max_abs_diff": max(diffs),
+                     "within_1e-3": max(diffs) <= TOLERANCE})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pruned", action="append", default=[], help="LABEL=CHECKPOINT of a pruned LiteMedSAM")
+    ap.add_argument("--splits", default=None, help="splits.json to evaluate on [new splits, seed 42]")
+    ap.add_argument("--work", default="out/export_parity", help="folder for the exports and evaluations")
+    args = ap.parse_args()
+    models = [("dense", None)] + [tuple(p.split("=", 1)) for p in args.pruned]
+    data = polyp_data(data_root())
+    rows: list[dict] = []
+    for label, ckpt in models:
+        work = os.path.join(args.work, label)
+        onnx = os.path.join(work, "encoder.onnx")
+        weights = [] if ckpt is None else ["--checkpoint", ckpt]
+        if not os.path.exists(onnx):
+            os.makedirs(work, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "medcore_tp", "export", "--model", "lite-medsam", *weights,
+                            "--format", "onnx", "--out", onnx], check=True)
+        splits = ["--splits", args.splits] if args.splits else []
+        dirs = {}
+        for backend, model_file in (("torch", weights), ("onnxruntime", ["--checkpoint", onnx])):
+            out = os.path.join(work, f"eval-{backend}")
+            run_cli(os.path.join(out, "summary.json"), "evaluate", "--model", "lite-medsam", *model_file,
+                    "--backend", backend, "--data", data, *splits, "--out", out)
+            dirs[backend] = out
+        rows += parity_rows(label, dirs["torch"], dirs["onnxruntime"])
+    tag = machine_tag("cpu")
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"export_parity_{tag}.csv")
+    write_rows(path, rows)
+    save_json({"machine": machine_info("cpu"), "models": dict(models), "splits": args.splits},
+              os.path.join(RESULTS, f"export_parity_{tag}_machine.json"))
+    with open(path, newline="") as f:
+        print(parity_table(list(csv.DictReader(f))))
+    print(f"wrote {path}")
+
+
+def parity_table(rows: list[dict]) -> str:
+    """The README table of an ``export_parity_*.csv`` (rows as read back from the file)."""
+    out = ["| model | metric | images | PyTorch | ONNX Runtime | max per-image \\|difference\\| | within 1e-3 |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['metric']} | {r['n']} | {float(r['torch']):.4f} | {float(r['onnxruntime']):.4f} "
+                   f"| {float(r['max_abs_diff']):.1e} | {'yes' if r['within_1e-3'] == 'True' else '**no**'} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

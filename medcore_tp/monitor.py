@@ -1,0 +1,85 @@
+"""Held-back segmentation quality during training: what recovery and distillation are for, measured on
+images they do not train on.
+
+A falling training loss does not say that the pruned model segments better (lowering the embedding
+MSE alone made Dice worse on LiteMedSAM), so training that can be checked is checked on the outcome:
+:func:`held_back_quality` is the mean Dice and Boundary F1 of the model's masks against the ground
+truth of held-back calibration samples, and :class:`BestState` keeps the encoder weights of the best
+check so that a run which starts to hurt can end at its best point instead of its last.
+
+Conventions: masks are compared at the model's logit side L (S / 4: 64 px for LiteMedSAM, 256 px for
+SAM), the resolution calibration masks are stored at; Boundary F1 uses a 1 px tolerance there (4 px of
+the input frame). The score that ranks checks is the mean of Dice and Boundary F1.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.inference import predict_logits
+from medcore_tp.metrics import boundary_f1, dice
+
+BOUNDARY_TOLERANCE = 1
+
+DEFAULT_CHECKS = 4  # checks along a training run, besides the one before its first step
+
+__all__ = ["BOUNDARY_TOLERANCE", "DEFAULT_CHECKS", "BestState", "check_steps", "held_back_quality"]
+
+
+def check_steps(steps: int, checks: int = DEFAULT_CHECKS) -> set[int]:
+    """The steps (1-based, the last one included) after which a run of ``steps`` steps is checked:
+    ``checks`` of them, evenly spread (fewer when the run is shorter)."""
+    return {round(steps * (i + 1) / checks) for i in range(checks)} - {0} if steps > 0 and checks > 0 else set()
+
+
+def held_back_quality(model: nn.Module, batches: Sequence[CalibrationBatch]) -> dict[str, float]:
+    """Mean Dice, Boundary F1 and their mean (``score``) of ``model`` on every sample of ``batches``
+    (eval mode, no gradients; the model's train/eval state is restored)."""
+    was = model.training
+    model.eval()
+    values: dict[str, list[float]] = {"dice": [], "boundary_f1": []}
+    try:
+        for batch in batches:
+            masks = (predict_logits(model, batch.images, batch.boxes)[:, 0] > 0).cpu().numpy()
+            for pred, gt in zip(masks, batch.masks.cpu().numpy().astype(bool), strict=True):
+                values["dice"].append(dice(pred, gt))
+                values["boundary_f1"].append(boundary_f1(pred, gt, tolerance=BOUNDARY_TOLERANCE))
+    finally:
+        model.train(was)
+    if not values["dice"]:
+        raise ValueError("batches: no sample to measure")
+    out = {k: float(np.mean(v)) for k, v in values.items()}
+    out["score"] = (out["dice"] + out["boundary_f1"]) / 2
+    return out
+
+
+@dataclass
+class BestState:
+    """The encoder weights at the best of a series of checks (highest ``score``; of equal scores the
+    latest), kept on the CPU."""
+
+    step: int = -1
+    score: float = -float("inf")
+    checks: list[dict] = field(default_factory=list)
+    _state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, step: int, quality: dict[str, float], encoder: nn.Module) -> bool:
+        """Record the check at ``step``; keep ``encoder``'s weights when it is the best so far."""
+        self.checks.append({"step": step, **quality})
+        if quality["score"] < self.score:  # a tie goes to the later, more trained weights
+            return False
+        self.step, self.score = step, quality["score"]
+        self._state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+        return True
+
+    def restore(self, encoder: nn.Module) -> None:
+        """Load the best weights back into ``encoder`` (nothing to do before the first check)."""
+        if self._state is not None:
+            encoder.load_state_dict(copy.copy(self._state))
