@@ -4,23 +4,28 @@
 Each ``--point LABEL=FOLDER`` names a folder holding ``per_image.csv`` (a sweep point, the dense
 point, or an ``evaluate`` output) and, for sweep points, ``point.json`` (parameters, FLOPs, seconds).
 The first point is the reference of the paired differences unless ``--reference`` names another.
-Writes ``benchmarks/results/lite_medsam_recipes_<machine>.csv`` (one row per point: metrics and their
-change against the dense model), ``..._paired_<machine>.csv`` (every point against the reference:
-mean difference and bootstrap 95% interval per metric) and a PNG of Boundary F1 and HD95 against
-GFLOPs, and prints both tables.
+Writes ``benchmarks/results/<name>_<machine>.csv`` (``--name``, default ``lite_medsam_recipes``; one
+row per point: metrics and their change against the dense model), ``..._paired.csv`` (every point
+against the reference: mean difference and bootstrap 95% interval per metric) and a PNG of Boundary
+F1 and HD95 against GFLOPs, and prints both tables.
 
 Usage: ``python benchmarks/lite_medsam_recipes.py --point dense=out/new/dense --point
 old=out/old/medcore-0.5 --point new=out/new/refit-0.5 --reference old``
 
-The committed figures (``lite_medsam_recipes_cpu2.*``) came from three sweeps with the same data,
-splits, box jitter and calibration images (``D=kvasir-seg-256,cvc-clinicdb-256`` under the data
-folder; every sweep ``--model lite-medsam --data $D --calib-size 16 --repeats 1``):
+The committed figures (``lite_medsam_recipes_cpu2.*`` against the paper's cascade,
+``lite_medsam_recovery_cpu2.*`` against the refit alone) came from sweeps with the same data, splits,
+box jitter and calibration images (``D=kvasir-seg-256,cvc-clinicdb-256`` under the data folder; every
+sweep ``--model lite-medsam --data $D --calib-size 16 --repeats 1 --ratios 0.5``, MedCore unless said):
 
-- the paper's cascade: ``--ratios 0.5 --importances medcore --recover-steps 100`` run with the code
-  before this release (1/s_b allocation, no refit; today ``--allocation sensitivity --refit none``);
-- no recovery: ``--ratios 0.5 --importances random --recover-steps 0 --refit none --allocation count``;
-- the refit: ``--ratios 0.5,0.3,0.6 --importances random,taylor,medcore --recover-steps 0 --refit dense
-  --allocation count`` (``lite_medsam_refit_sweep_cpu2.csv``: the points that finished).
+- the paper's cascade: ``--recover-steps 100`` run with the code before the refit (1/s_b allocation,
+  no refit; today ``--allocation sensitivity --refit none``);
+- no recovery: ``--importances random --recover-steps 0 --refit none --allocation count``;
+- the refit alone: ``--importances random,taylor,medcore --recover-steps 0 --refit dense --allocation
+  count`` (the 50% points of ``lite_medsam_sweep_cpu2.csv``);
+- the refit on the pruned model's own inputs: ``--recover-steps 0 --refit paired``;
+- the default with ``--data``: ``--recover-steps 100 --refit dense --allocation count``;
+- distillation: ``--recover-steps 0 --distill-steps 60 --distill-lr 1e-4 --refit dense``, with the
+  held-back checks keeping the best weights.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ def main() -> None:
     ap.add_argument("--point", action="append", required=True, help="LABEL=FOLDER, in table order")
     ap.add_argument("--reference", default=None, help="LABEL the paired differences are taken against")
     ap.add_argument("--dense", default="dense", help="LABEL of the dense model")
+    ap.add_argument("--name", default="lite_medsam_recipes", help="base name of the result files")
     args = ap.parse_args()
     points = dict(p.split("=", 1) for p in args.point)
     reference = args.reference or next(iter(points))
@@ -87,7 +93,7 @@ def main() -> None:
                                "mean_b": d.mean_b, "mean_diff": d.mean_diff, "ci_low": d.low, "ci_high": d.high})
     tag = machine_tag()
     os.makedirs(RESULTS, exist_ok=True)
-    base = os.path.join(RESULTS, f"lite_medsam_recipes_{tag}")
+    base = os.path.join(RESULTS, f"{args.name}_{tag}")
     for path, table in ((f"{base}.csv", rows), (f"{base}_paired.csv", paired)):
         write_rows(path, table)
     settings = {}

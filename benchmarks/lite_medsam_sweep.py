@@ -28,8 +28,9 @@ from medcore_tp.atomic import save_json  # noqa: E402
 from medcore_tp.paths import data_root  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-# The project's default recovery (least-squares refit, equal-count allocation, no gradient steps) on
-# the full test splits (20 images per dataset); 16 calibration images per dataset, 1 latency repeat.
+# The refit alone (least-squares refit, equal-count allocation, no gradient steps; prune --data adds
+# 100 recovery steps per stage) on the full test splits (20 images per dataset); 16 calibration images
+# per dataset, 1 latency repeat.
 SWEEP_ARGS = ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore", "--recover-steps", "0",
               "--refit", "dense", "--allocation", "count", "--calib-size", "16", "--repeats", "1"]
 LEVERAGE_ARGS = ["--images", "4", "--head-ratios", "0.3,0.6", "--mlp-ratios", "0.3,0.6,0.9", "--resamples", "1000"]
@@ -99,7 +100,12 @@ def main() -> None:
         _cli("leverage", "--model", "lite-medsam", "--data", data, *LEVERAGE_ARGS, "--out", args.leverage)
     tag = machine_tag()
     os.makedirs(RESULTS, exist_ok=True)
-    record = {"machine": machine_info()}
+    machine_file = os.path.join(RESULTS, f"lite_medsam_sweep_machine_{tag}.json")
+    record = {}
+    if os.path.exists(machine_file):  # a part collected earlier keeps its record when only the other is collected now
+        with open(machine_file) as f:
+            record = json.load(f)
+    record["machine"] = machine_info()
     printed = []
     if os.path.exists(os.path.join(args.sweep, "sweep.csv")):
         for name, ext in (("sweep", "csv"), ("comparisons", "csv"), ("pareto", "png")):
@@ -117,7 +123,7 @@ def main() -> None:
             lev = json.load(f)
         record["leverage"] = {"settings": lev["settings"], "images": lev["images"], "seconds": lev["seconds"]}
         printed.append(leverage_table(lev))
-    save_json(record, os.path.join(RESULTS, f"lite_medsam_sweep_machine_{tag}.json"))
+    save_json(record, machine_file)
     print("\n\n".join(printed))
     print("README tables: python benchmarks/render_tables.py")
 
