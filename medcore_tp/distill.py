@@ -153,8 +153,9 @@ def distill(
 
     ``monitor``: held-back samples with ground-truth masks. Their Dice and Boundary F1
     (:func:`medcore_tp.monitor.held_back_quality`) are measured before the first step and ``checks``
-    times along the run, and the encoder ends with the weights of the best check, which may be the
-    weights it started with (recorded as ``kept_step``, 0)."""
+    times along the run, and the encoder ends with the weights of the best check when the last one is
+    clearly worse (:class:`medcore_tp.monitor.BestState`), which may be the weights it started with
+    (recorded as ``kept_step``, 0)."""
     if steps <= 0:
         return {"steps": 0, "loss": []}
     best = BestState() if monitor else None
@@ -199,7 +200,7 @@ def distill(
     record["loss"] = losses
     if best is not None:
         best.restore(encoder)
-        record.update(checks=best.checks, kept_step=best.step)
+        record.update(checks=best.checks, kept_step=best.kept_step)
     if held_back is not None and len(held_back):
         record["held_back_after"] = held_back_loss(model, held_back)
     return record

@@ -5,7 +5,8 @@ A falling training loss does not say that the pruned model segments better (lowe
 MSE alone made Dice worse on LiteMedSAM), so training that can be checked is checked on the outcome:
 :func:`held_back_quality` is the mean Dice and Boundary F1 of the model's masks against the ground
 truth of held-back calibration samples, and :class:`BestState` keeps the encoder weights of the best
-check so that a run which starts to hurt can end at its best point instead of its last.
+check so that a run which clearly hurts (its last check more than 0.02 below its best) ends at its
+best point instead of its last.
 
 Conventions: masks are compared at the model's logit side L (S / 4: 64 px for LiteMedSAM, 256 px for
 SAM), the resolution calibration masks are stored at; Boundary F1 uses a 1 px tolerance there (4 px of
@@ -29,8 +30,9 @@ from medcore_tp.metrics import boundary_f1, dice
 BOUNDARY_TOLERANCE = 1
 
 DEFAULT_CHECKS = 4  # checks along a training run, besides the one before its first step
+DEFAULT_TOLERANCE = 0.02  # score drop (mean of Dice and BF1) that counts as training having hurt
 
-__all__ = ["BOUNDARY_TOLERANCE", "DEFAULT_CHECKS", "BestState", "check_steps", "held_back_quality"]
+__all__ = ["BOUNDARY_TOLERANCE", "DEFAULT_CHECKS", "DEFAULT_TOLERANCE", "BestState", "check_steps", "held_back_quality"]
 
 
 def check_steps(steps: int, checks: int = DEFAULT_CHECKS) -> set[int]:
@@ -63,8 +65,13 @@ def held_back_quality(model: nn.Module, batches: Sequence[CalibrationBatch]) -> 
 @dataclass
 class BestState:
     """The encoder weights at the best of a series of checks (highest ``score``; of equal scores the
-    latest), kept on the CPU."""
+    latest), kept on the CPU.
 
+    :meth:`restore` goes back to them only when the last check is more than ``tolerance`` below the
+    best: on a handful of held-back images small differences are noise (a saturated score picks any
+    check), so a run ends at its last weights unless training clearly hurt."""
+
+    tolerance: float = DEFAULT_TOLERANCE
     step: int = -1
     score: float = -float("inf")
     checks: list[dict] = field(default_factory=list)
@@ -79,7 +86,16 @@ class BestState:
         self._state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         return True
 
+    @property
+    def kept_step(self) -> int:
+        """The step whose weights :meth:`restore` leaves in the encoder (-1 before any check)."""
+        if not self.checks:
+            return -1
+        last = self.checks[-1]
+        return last["step"] if last["score"] >= self.score - self.tolerance else self.step
+
     def restore(self, encoder: nn.Module) -> None:
-        """Load the best weights back into ``encoder`` (nothing to do before the first check)."""
-        if self._state is not None:
+        """Load the best weights back into ``encoder`` when the last check is more than ``tolerance``
+        below them; otherwise leave the last weights."""
+        if self._state is not None and self.kept_step != self.checks[-1]["step"]:
             encoder.load_state_dict(copy.copy(self._state))

@@ -367,11 +367,11 @@ def prune_scored(
             held_after = pool_loss(model, teacher, held) if held else None
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
-                             "held_back_after": held_after, "checks": best.checks, "kept_step": best.step,
+                             "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,
                              "seconds": time.perf_counter() - began})
             if held:
                 log(f"recovery after removing {stage}: loss on {len(held)} held-back calibration images "
-                    f"{held_before:.4f} -> {held_after:.4f} ({steps} steps); {_kept(best.checks, best.step)}")
+                    f"{held_before:.4f} -> {held_after:.4f} ({steps} steps); {_kept(best.checks, best.kept_step)}")
             else:
                 log(f"recovery after removing {stage}: too few calibration images to hold any back; "
                     f"loss {curve[0]:.4f} (first step) -> {curve[-1]:.4f} (last step, another image)")

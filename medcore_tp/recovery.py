@@ -61,7 +61,8 @@ def recover(
     ``batch_size`` is per process; the returned losses are means over each step's global batch.
     ``monitor`` (held-back samples with masks) and ``best`` (an empty :class:`BestState`): their
     Dice / Boundary F1 is checked before the first step and ``checks`` times along the run, and the
-    encoder ends with the weights of the best check (every process computes the same checks).
+    encoder ends with the weights of the best check when the last one is clearly worse
+    (:class:`medcore_tp.monitor.BestState`; every process computes the same checks).
     """
     if steps <= 0:
         return []
