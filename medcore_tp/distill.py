@@ -13,8 +13,9 @@ gradient of the teacher's mask: what the decoder makes of the embedding is what 
 boundary counts five times. Only the encoder trains (AdamW, cosine schedule with a short warm-up);
 batch-norm statistics stay frozen. :func:`distill` reports the loss on held-back samples before and
 after, so that a user sees whether it converged on images it did not train on; given held-back
-samples with their masks it also checks their Dice and Boundary F1 along the run and ends at the best
-check (:mod:`medcore_tp.monitor`): a lower loss is not always a better segmentation.
+samples with their masks it also checks their Dice and Boundary F1 along the run and goes back to the
+best check when the last one is clearly worse (:mod:`medcore_tp.monitor`): a lower loss is not always
+a better segmentation.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.inference import decode_logits
 from medcore_tp.losses import RECOVERY_BAND_WEIGHT, morphological_band
-from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps, held_back_quality
+from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps
 
 VIEWS = ("identity", "hflip", "vflip")
 WARMUP_FRACTION = 0.05
@@ -176,7 +177,7 @@ def distill(
         record["held_back_before"] = held_back_loss(model, held_back)
     was = model.training
     if best is not None:
-        best.offer(0, held_back_quality(model, monitor), encoder)
+        best.check(0, model, monitor)
     train_with_frozen_norms(model)
     losses = []
     try:
@@ -191,8 +192,7 @@ def distill(
             schedule.step()
             losses.append(float(loss.detach()))
             if step in check_at:
-                best.offer(step, held_back_quality(model, monitor), encoder)
-                train_with_frozen_norms(model)
+                best.check(step, model, monitor)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcore_tp.calibration import CalibrationBatch
+from medcore_tp.calibration import CalibrationBatch, train_with_frozen_norms
 from medcore_tp.inference import predict_logits
 from medcore_tp.metrics import boundary_f1, dice
 
@@ -85,6 +85,12 @@ class BestState:
         self.step, self.score = step, quality["score"]
         self._state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         return True
+
+    def check(self, step: int, model: nn.Module, batches: Sequence[CalibrationBatch]) -> None:
+        """Measure ``model`` on ``batches`` (:func:`held_back_quality`) and :meth:`offer` its encoder; the
+        model goes back to training with frozen batch norms, as recovery and distillation train."""
+        self.offer(step, held_back_quality(model, batches), model.image_encoder)
+        train_with_frozen_norms(model)
 
     @property
     def kept_step(self) -> int:

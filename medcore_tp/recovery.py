@@ -30,7 +30,7 @@ from medcore_tp.calibration import CalibrationBatch, single_samples, train_with_
 from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
 from medcore_tp.inference import decode_logits, input_size
 from medcore_tp.losses import morphological_band, recovery_loss
-from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps, held_back_quality
+from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps
 
 
 def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
@@ -68,8 +68,6 @@ def recover(
         return []
     watch = monitor is not None and best is not None and len(monitor) > 0
     check_at = check_steps(steps, checks) if watch else set()
-    if watch:
-        best.offer(0, held_back_quality(model, monitor), model.image_encoder)
     images = torch.cat([b.images for b in pool])
     boxes = torch.cat([b.boxes for b in pool])
     masks = torch.cat([b.masks for b in pool])
@@ -87,6 +85,8 @@ def recover(
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.0)
     device = next(encoder.parameters()).device
     was_training = model.training
+    if watch:
+        best.check(0, model, monitor)
     train_with_frozen_norms(model)
     trained = data_parallel(encoder)
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
@@ -99,8 +99,7 @@ def recover(
             optimizer.step()
             losses[step] = loss.detach() / world
             if step + 1 in check_at:
-                best.offer(step + 1, held_back_quality(model, monitor), encoder)
-                train_with_frozen_norms(model)
+                best.check(step + 1, model, monitor)
     finally:
         for p in frozen:
             p.requires_grad_(True)
