@@ -1,4 +1,5 @@
-"""Cost of one distillation step against one plain student forward + backward, side by side.
+"""Cost of one distillation step and one recovery step against one plain student forward + backward,
+side by side.
 
 Distillation step (:mod:`medcore_tp.distill`): the student's encoder and decoder on a batch of cached
 samples, the embedding + boundary-weighted logit loss against the cached teacher outputs, backward,
@@ -6,6 +7,13 @@ AdamW step. Plain: the same student, the same batch, encoder + decoder forward, 
 backward, no optimiser. The teacher's outputs are cached beforehand (that cost is paid once per image
 and reported separately, per sample). The two alternate, round after round, after one warm-up each;
 figures are medians over rounds. Target: step / plain <= 1.3.
+
+Recovery step (:mod:`medcore_tp.recovery`, the default after each cascade stage with ``--data``): the
+same student and batch, the recovery loss against the teacher's outputs, backward, AdamW step. A
+recovery stage computes the teacher's outputs for a sample the first time it is drawn
+(:class:`~medcore_tp.recovery.TeacherOutputs`; 100 draws from about 30 calibration images): timed
+twice, with those outputs already computed (every later draw of the sample) and with the teacher run
+in the step (its first draw; before the cache, every step).
 
 The student is the packaged LiteMedSAM with 50% of its encoder parameters removed (random importance,
 uniform allocation, no refit: the cost does not depend on which groups went).
@@ -35,6 +43,7 @@ from medcore_tp.distill import augmented_views, cache_teacher, student_loss  # n
 from medcore_tp.inference import decode_logits  # noqa: E402
 from medcore_tp.models.spec import input_spec  # noqa: E402
 from medcore_tp.pipeline import PruneConfig, RatioRequest, prune_scored, score_importance  # noqa: E402
+from medcore_tp.recovery import TeacherOutputs, sample_loss  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -50,7 +59,8 @@ def main() -> None:
     config = PruneConfig(importance="random", ratios=RatioRequest(ratio=args.ratio), recover_steps=0, refit="none")
     student = copy.deepcopy(dense)
     prune_scored(student, config, score_importance(student, config, log=lambda _m: None), log=lambda _m: None)
-    samples = augmented_views([synthetic_batch(args.batch, input_spec(dense), seed=0)], ("identity",))
+    batch = synthetic_batch(args.batch, input_spec(dense), seed=0)
+    samples = augmented_views([batch], ("identity",))
     began = time.perf_counter()
     targets = cache_teacher(dense, samples, batch_size=1)
     teacher_per_sample = (time.perf_counter() - began) / len(samples.images)
@@ -68,16 +78,33 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
+    cached = TeacherOutputs(dense, [batch])
+    cached.get(idx)
+
+    def recovery_step(targets: TeacherOutputs) -> None:
+        loss = sample_loss(student, targets, None, idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def recovery_cached() -> None:
+        recovery_step(cached)
+
+    def recovery_first_draw() -> None:
+        recovery_step(TeacherOutputs(dense, [batch]))
+
     def plain() -> None:
         emb = student.image_encoder(targets.images)
         decode_logits(student, emb, targets.boxes).mean().backward()
         student.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {"distill_step": [], "plain_forward_backward": []}
-    for fn in (step, plain):
+    timed = {"distill_step": step, "recovery_step_cached": recovery_cached,
+             "recovery_step_first_draw": recovery_first_draw, "plain_forward_backward": plain}
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for fn in timed.values():
         fn()  # warm-up
     for _ in range(args.rounds):
-        for name, fn in (("distill_step", step), ("plain_forward_backward", plain)):
+        for name, fn in timed.items():
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -86,15 +113,19 @@ def main() -> None:
         "machine": machine_info(), "model": "lite-medsam", "removed_ratio": args.ratio, "batch": args.batch,
         "rounds": args.rounds, "seconds": times, "median_s": med,
         "ratio_step_over_plain": med["distill_step"] / med["plain_forward_backward"], "target": 1.3,
+        "ratio_recovery_cached_over_plain": med["recovery_step_cached"] / med["plain_forward_backward"],
+        "ratio_recovery_first_draw_over_plain": med["recovery_step_first_draw"] / med["plain_forward_backward"],
         "teacher_seconds_per_sample": teacher_per_sample,
     }
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"distill_cost_{machine_tag()}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
-    print(f"distillation step {med['distill_step']:.3f} s, plain forward + backward {med['plain_forward_backward']:.3f} s "
-          f"(batch {args.batch}): ratio {record['ratio_step_over_plain']:.3f} (target <= 1.3); teacher "
-          f"{teacher_per_sample:.3f} s per cached sample, once; wrote {path}")
+    print(f"plain forward + backward {med['plain_forward_backward']:.3f} s (batch {args.batch}); distillation step "
+          f"{med['distill_step']:.3f} s: ratio {record['ratio_step_over_plain']:.3f}; recovery step, teacher outputs "
+          f"cached {med['recovery_step_cached']:.3f} s: ratio {record['ratio_recovery_cached_over_plain']:.3f}, "
+          f"first draw {med['recovery_step_first_draw']:.3f} s: ratio {record['ratio_recovery_first_draw_over_plain']:.3f} "
+          f"(target <= 1.3); teacher {teacher_per_sample:.3f} s per cached sample, once; wrote {path}")
 
 
 if __name__ == "__main__":

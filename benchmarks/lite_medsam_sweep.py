@@ -1,13 +1,24 @@
 """Packaged LiteMedSAM: ``medcore-tp sweep`` (ratios 0.3, 0.5, 0.6 x medcore, taylor, random) and
 ``medcore-tp leverage`` on kvasir-seg-256 + cvc-clinicdb-256; results into ``benchmarks/results/``.
 
-``--run`` runs (or resumes) both commands with the settings below; without it the finished folders in
-``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only). Collecting copies
-``sweep.csv``, ``comparisons.csv``, ``pareto.png``, ``leverage.csv/json/png`` to
-``benchmarks/results/lite_medsam_{sweep,leverage}_<machine>.*``, writes the machine record beside them
-and prints the tables (Markdown) that ``benchmarks/render_tables.py`` puts into README.md.
+``--recipe`` picks the sweep's settings (``RECIPES``): ``default``, the recovery ``prune --data`` uses
+(least-squares refit, equal-count allocation, 100 recovery steps per stage), or ``refit``, the refit
+alone. ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
+folders in ``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only).
+Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
+``benchmarks/results/<prefix>_{sweep,comparisons,pareto}_<machine>.*`` (prefix ``lite_medsam`` for
+``refit``, ``lite_medsam_default`` for ``default``), ``leverage.csv/json/png`` to
+``lite_medsam_leverage_<machine>.*``, writes the machine record beside them and prints the tables
+(Markdown) that ``benchmarks/render_tables.py`` puts into README.md.
 
-Usage: ``python benchmarks/lite_medsam_sweep.py [--run] [--sweep out/sweep-lite] [--leverage out/leverage-lite]``
+A default-recovery point takes about a quarter of an hour on 2 CPU cores, so that sweep may span
+sessions: collecting also keeps each finished point's records (``point.json``, ``per_image.csv``,
+``summary.json``; not the checkpoint) with the sweep's ``settings.json`` and ``splits.json`` under
+``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
+``--sweep`` folder that lacks them, so that the sweep resumes after them.
+
+Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|refit] [--run] [--sweep out/sweep-lite]
+[--leverage out/leverage-lite] [--no-leverage]``
 """
 
 from __future__ import annotations
@@ -28,11 +39,19 @@ from medcore_tp.atomic import save_json  # noqa: E402
 from medcore_tp.paths import data_root  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-# The refit alone (least-squares refit, equal-count allocation, no gradient steps; prune --data adds
-# 100 recovery steps per stage) on the full test splits (20 images per dataset); 16 calibration images
-# per dataset, 1 latency repeat.
-SWEEP_ARGS = ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore", "--recover-steps", "0",
-              "--refit", "dense", "--allocation", "count", "--calib-size", "16", "--repeats", "1"]
+# Both on the full test splits (20 images per dataset), 16 calibration images per dataset (prune's
+# default with --data is 128), 1 latency repeat: (result-file prefix, sweep arguments).
+RECIPES = {
+    # what prune --data does after each cascade stage: refit, then 100 recovery steps
+    "default": ("lite_medsam_default", ["--ratios", "0.5,0.3,0.6", "--importances", "medcore,taylor,random",
+                                        "--recover-steps", "100", "--refit", "dense", "--allocation", "count",
+                                        "--calib-size", "16", "--repeats", "1"]),
+    # the least-squares refit alone, no gradient steps
+    "refit": ("lite_medsam", ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore",
+                              "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
+                              "--calib-size", "16", "--repeats", "1"]),
+}
+KEPT = ("point.json", "per_image.csv", "summary.json")
 LEVERAGE_ARGS = ["--images", "4", "--head-ratios", "0.3,0.6", "--mlp-ratios", "0.3,0.6,0.9", "--resamples", "1000"]
 
 
@@ -87,18 +106,58 @@ def leverage_table(summary: dict) -> str:
     return "\n".join(out)
 
 
+def keep_points(sweep: str, store: str) -> list[str]:
+    """Copy the records of every finished point of ``sweep`` (and its settings and splits) to ``store``."""
+    kept = []
+    for name in sorted(os.listdir(sweep)):
+        if os.path.exists(os.path.join(sweep, name, "point.json")):
+            os.makedirs(os.path.join(store, name), exist_ok=True)
+            for f in KEPT:
+                if os.path.exists(os.path.join(sweep, name, f)):
+                    shutil.copyfile(os.path.join(sweep, name, f), os.path.join(store, name, f))
+            kept.append(name)
+    for f in ("settings.json", "splits.json"):
+        shutil.copyfile(os.path.join(sweep, f), os.path.join(store, f))
+    return kept
+
+
+def restore_points(store: str, sweep: str) -> list[str]:
+    """Copy the kept points of ``store`` that ``sweep`` lacks into it (a new ``sweep`` gets the kept
+    settings and splits too, so that the sweep resumes; one with other settings is refused by it)."""
+    if not os.path.isdir(store):
+        return []
+    os.makedirs(sweep, exist_ok=True)
+    for f in ("settings.json", "splits.json"):
+        if not os.path.exists(os.path.join(sweep, f)):
+            shutil.copyfile(os.path.join(store, f), os.path.join(sweep, f))
+    restored = []
+    for name in sorted(os.listdir(store)):
+        if os.path.isdir(os.path.join(store, name)) and not os.path.exists(os.path.join(sweep, name, "point.json")):
+            shutil.copytree(os.path.join(store, name), os.path.join(sweep, name), dirs_exist_ok=True)
+            restored.append(name)
+    return restored
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(data_root()), help="Data folder ($MEDCORE_DATA).")
     parser.add_argument("--sweep", default="out/sweep-lite")
     parser.add_argument("--leverage", default="out/leverage-lite")
     parser.add_argument("--run", action="store_true", help="Run or resume the two commands first.")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="The sweep's settings.")
+    parser.add_argument("--no-leverage", action="store_true", help="Neither run nor collect the leverage analysis.")
     args = parser.parse_args()
     data = polyp_data(args.data_root)
-    if args.run:
-        _cli("sweep", "--model", "lite-medsam", "--data", data, *SWEEP_ARGS, "--out", args.sweep)
-        _cli("leverage", "--model", "lite-medsam", "--data", data, *LEVERAGE_ARGS, "--out", args.leverage)
     tag = machine_tag()
+    prefix, sweep_args = RECIPES[args.recipe]
+    store = os.path.join(RESULTS, f"{prefix}_points_{tag}")
+    if args.run:
+        restored = restore_points(store, args.sweep)
+        if restored:
+            print(f"{args.sweep}: resuming after the kept points {', '.join(restored)} ({store})")
+        _cli("sweep", "--model", "lite-medsam", "--data", data, *sweep_args, "--out", args.sweep)
+        if not args.no_leverage:
+            _cli("leverage", "--model", "lite-medsam", "--data", data, *LEVERAGE_ARGS, "--out", args.leverage)
     os.makedirs(RESULTS, exist_ok=True)
     machine_file = os.path.join(RESULTS, f"lite_medsam_sweep_machine_{tag}.json")
     record = {}
@@ -109,14 +168,16 @@ def main() -> None:
     printed = []
     if os.path.exists(os.path.join(args.sweep, "sweep.csv")):
         for name, ext in (("sweep", "csv"), ("comparisons", "csv"), ("pareto", "png")):
-            shutil.copyfile(os.path.join(args.sweep, f"{name}.{ext}"), os.path.join(RESULTS, f"lite_medsam_{name}_{tag}.{ext}"))
+            shutil.copyfile(os.path.join(args.sweep, f"{name}.{ext}"), os.path.join(RESULTS, f"{prefix}_{name}_{tag}.{ext}"))
+        if args.recipe == "default":
+            print(f"kept the records of {', '.join(keep_points(args.sweep, store))} in {store}")
         with open(os.path.join(args.sweep, "sweep.json")) as f:
             sweep = json.load(f)
-        record["sweep"] = {"settings": sweep["settings"], "points_finished": [p["point"] for p in sweep["points"]],
+        record[f"sweep_{args.recipe}" if args.recipe != "refit" else "sweep"] = {"settings": sweep["settings"], "points_finished": [p["point"] for p in sweep["points"]],
                            "environment_of_the_run": sweep["points"][0]["environment"] if sweep["points"] else None}
         printed += [sweep_table(_rows(os.path.join(args.sweep, "sweep.csv"))),
                     comparison_table(_rows(os.path.join(args.sweep, "comparisons.csv")))]
-    if os.path.exists(os.path.join(args.leverage, "leverage.json")):
+    if not args.no_leverage and os.path.exists(os.path.join(args.leverage, "leverage.json")):
         for ext in ("csv", "json", "png"):
             shutil.copyfile(os.path.join(args.leverage, f"leverage.{ext}"), os.path.join(RESULTS, f"lite_medsam_leverage_{tag}.{ext}"))
         with open(os.path.join(args.leverage, "leverage.json")) as f:

@@ -44,7 +44,7 @@ from medcore_tp.recipe import (
     statistics,
 )
 from medcore_tp.reconstruction import ReconstructionStatistics, collect_statistics, refit, refit_paired
-from medcore_tp.recovery import hold_back, pool_loss, recover
+from medcore_tp.recovery import TeacherOutputs, hold_back, pool_loss, recover
 from medcore_tp.refit_importance import RefitImportance, refit_ranks
 
 HELD_BACK = 4  # calibration images held back from recovery to measure it
@@ -359,12 +359,13 @@ def prune_scored(
             # A fixed held-back set measures whether recovery converges: the per-step loss follows
             # whichever image was drawn.
             train, held = hold_back(pool, HELD_BACK)
-            held_before = pool_loss(model, teacher, held) if held else None
+            held_targets = TeacherOutputs(teacher, held)
+            held_before = pool_loss(model, held_targets) if held else None
             best = BestState()
             curve = recover(model, teacher, train, steps=steps, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
                             monitor=held, best=best)
-            held_after = pool_loss(model, teacher, held) if held else None
+            held_after = pool_loss(model, held_targets) if held else None
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
                              "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,

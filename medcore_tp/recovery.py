@@ -13,6 +13,9 @@ cascade stage starts, before its groups are removed):
       + 0.5 mean_{|f| > 0.25 cycles/px} |rFFT2(sigmoid(z)) - rFFT2(m)|
 
 Each term is a mean over pixels (or embedding entries) of each sample, averaged over the batch.
+The teacher is frozen for the whole stage, so its embedding and logits are computed once per sample
+(:class:`TeacherOutputs`) the first time that sample is drawn: with 100 draws from about 30
+calibration images a step mostly costs one student forward + backward.
 Only the encoder trains (AdamW, lr 1e-5, weight decay 0). Under torchrun the encoder trains through
 DistributedDataParallel: each step's global batch (``batch_size`` x processes samples) is drawn the
 same way on every rank and dealt out by rank, so N processes match one process with N x the batch.
@@ -39,6 +42,38 @@ def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
     area = masks.flatten(1).float().sum(1)
     w = perimeter / (area.sqrt() + 1)
     return w if float(w.sum()) > 0 else torch.ones_like(w)
+
+
+class TeacherOutputs:
+    """A frozen teacher's image embedding and low-res logits for each sample of ``pool``, each computed
+    (image by image, in eval mode, without gradients) the first time it is asked for and kept on the
+    device it was computed on. Keeps references: it is valid while ``teacher`` does not change."""
+
+    def __init__(self, teacher: nn.Module, pool: Sequence[CalibrationBatch]):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.images = torch.cat([b.images for b in pool]) if pool else torch.empty(0)
+        self.boxes = torch.cat([b.boxes for b in pool]) if pool else torch.empty(0, 4)
+        self.masks = torch.cat([b.masks for b in pool]) if pool else torch.empty(0)
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def computed(self) -> int:
+        """How many samples' outputs have been computed so far."""
+        return len(self._kept)
+
+    @torch.no_grad()
+    def get(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings, low-res logits) of the samples ``idx``, in that order."""
+        device = next(self.teacher.parameters()).device
+        for i in idx:
+            if i not in self._kept:
+                x = self.images[i : i + 1].to(device)
+                emb = self.teacher.image_encoder(x)
+                self._kept[i] = (emb, decode_logits(self.teacher, emb, self.boxes[i : i + 1]))
+        return (torch.cat([self._kept[i][0] for i in idx]), torch.cat([self._kept[i][1] for i in idx]))
 
 
 def recover(
@@ -68,16 +103,13 @@ def recover(
         return []
     watch = monitor is not None and best is not None and len(monitor) > 0
     check_at = check_steps(steps, checks) if watch else set()
-    images = torch.cat([b.images for b in pool])
-    boxes = torch.cat([b.boxes for b in pool])
-    masks = torch.cat([b.masks for b in pool])
-    weights = sampling_weights(masks)
+    targets = TeacherOutputs(teacher, pool)
+    weights = sampling_weights(targets.masks)
     gen = torch.Generator().manual_seed(seed)
     world = world_size()
     draws = torch.multinomial(weights, steps * batch_size * world, replacement=True, generator=gen)
     order = draws.view(steps, batch_size * world).tolist()
 
-    teacher = teacher.eval().requires_grad_(False)
     encoder = model.image_encoder
     frozen = [p for n, p in model.named_parameters() if not n.startswith("image_encoder.") and p.requires_grad]
     for p in frozen:
@@ -93,7 +125,7 @@ def recover(
     try:
         for step, batch in enumerate(tqdm(order, desc=description, disable=not (progress and is_main()), leave=False)):
             mine, _ = my_share(batch)  # equal shares: DDP's gradient average is the global batch mean
-            loss = _sample_loss(model, teacher, trained, images[mine], boxes[mine], masks[mine])
+            loss = sample_loss(model, targets, trained, mine)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -111,15 +143,13 @@ def recover(
     return losses.tolist()
 
 
-def _sample_loss(model: nn.Module, teacher: nn.Module, encoder: torch.nn.Module, x: torch.Tensor, box: torch.Tensor,
-                 m: torch.Tensor) -> torch.Tensor:
-    """Recovery loss of ``model`` (its encoder run as ``encoder``, e.g. DDP-wrapped) against ``teacher``."""
+def sample_loss(model: nn.Module, targets: TeacherOutputs, encoder: torch.nn.Module | None, idx: Sequence[int]) -> torch.Tensor:
+    """Recovery loss of ``model`` (its encoder run as ``encoder``, e.g. DDP-wrapped; ``None``: its own)
+    on the samples ``idx`` of ``targets``, against their teacher outputs (computed on first use)."""
     device = next(model.parameters()).device
-    x, box, m = x.to(device), box.to(device), m.to(device)
-    with torch.no_grad():
-        t_emb = teacher.image_encoder(x)
-        t_logits = decode_logits(teacher, t_emb, box)
-    emb = encoder(x)
+    t_emb, t_logits = targets.get(idx)
+    x, box, m = targets.images[idx].to(device), targets.boxes[idx].to(device), targets.masks[idx].to(device)
+    emb = (encoder or model.image_encoder)(x)
     loss, _ = recovery_loss(decode_logits(model, emb, box), t_logits, emb, t_emb, m, input_size(model))
     return loss
 
@@ -135,9 +165,8 @@ def hold_back(pool: Sequence[CalibrationBatch], n: int) -> tuple[list[Calibratio
 
 
 @torch.no_grad()
-def pool_loss(model: nn.Module, teacher: nn.Module, pool: Sequence[CalibrationBatch]) -> float:
-    """Mean recovery loss of ``model`` against ``teacher`` over every sample of ``pool``."""
-    losses = [float(_sample_loss(model, teacher, model.image_encoder, b.images[i : i + 1], b.boxes[i : i + 1],
-                                 b.masks[i : i + 1]))
-              for b in pool for i in range(len(b.images))]
+def pool_loss(model: nn.Module, targets: TeacherOutputs) -> float:
+    """Mean recovery loss of ``model`` over every sample of ``targets`` (a teacher's outputs on a
+    pool; build it once to measure the same pool before and after recovery)."""
+    losses = [float(sample_loss(model, targets, None, [i])) for i in range(len(targets))]
     return sum(losses) / max(len(losses), 1)

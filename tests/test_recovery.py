@@ -9,9 +9,10 @@ import torch
 
 from medcore_tp import BlockPlan, apply_plan, prepare_pruning
 from medcore_tp.calibration import calibration_sets, synthetic_batch
+from medcore_tp.inference import decode_logits
 from medcore_tp.models import input_spec
 from medcore_tp.paths import data_root
-from medcore_tp.recovery import pool_loss, recover, recovery_loss, sampling_weights
+from medcore_tp.recovery import TeacherOutputs, pool_loss, recover, recovery_loss, sampling_weights
 
 SHARED = data_root()  # $MEDCORE_DATA, else ../shared/data
 
@@ -35,7 +36,6 @@ def test_sampling_weights_follow_perimeter_over_sqrt_area():
 def test_loss_is_zero_distillation_for_a_perfect_copy(tiny_model):
     batch = synthetic_batch(1, input_spec(tiny_model))
     emb = tiny_model.image_encoder(batch.images)
-    from medcore_tp.inference import decode_logits
 
     z = decode_logits(tiny_model, emb, batch.boxes)
     _, parts = recovery_loss(z, z, emb, emb, batch.masks, 128)
@@ -54,10 +54,11 @@ def test_recovery_lowers_its_loss_and_moves_towards_the_teacher(tiny_model):
         with torch.no_grad():
             return (tiny_model.image_encoder(x) - teacher.image_encoder(x)).pow(2).mean().item()
 
-    before_loss, before_gap = pool_loss(tiny_model, teacher, pool), gap()
+    targets = TeacherOutputs(teacher, pool)
+    before_loss, before_gap = pool_loss(tiny_model, targets), gap()
     curve = recover(tiny_model, teacher, pool, steps=40, lr=1e-3, seed=0)
     assert len(curve) == 40
-    assert pool_loss(tiny_model, teacher, pool) < before_loss
+    assert pool_loss(tiny_model, targets) < before_loss
     assert gap() < before_gap
     # only the encoder trained
     for (n, p), (_, q) in zip(tiny_model.named_parameters(), teacher.named_parameters(), strict=True):
@@ -80,3 +81,18 @@ def test_recovery_with_a_monitor_ends_at_the_check_it_keeps(tiny_model):
     assert best.score == max(scores)
     kept = next(c for c in best.checks if c["step"] == best.kept_step)
     assert held_back_quality(tiny_model, held)["score"] == pytest.approx(kept["score"])
+
+
+def test_cached_teacher_outputs_equal_recomputed_ones_and_are_computed_once(tiny_model):
+    pool = _pool(input_spec(tiny_model))
+    targets = TeacherOutputs(tiny_model, pool)
+    emb, logits = targets.get([2, 0, 2])
+    assert targets.computed == 2
+    with torch.no_grad():
+        for row, i in enumerate([2, 0, 2]):
+            e = tiny_model.image_encoder(targets.images[i : i + 1])
+            torch.testing.assert_close(emb[row : row + 1], e, rtol=0, atol=0)
+            torch.testing.assert_close(logits[row : row + 1], decode_logits(tiny_model, e, targets.boxes[i : i + 1]),
+                                       rtol=0, atol=0)
+    again, _ = targets.get([0])
+    assert targets.computed == 2 and torch.equal(again, emb[1:2])

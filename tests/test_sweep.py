@@ -209,3 +209,23 @@ def test_bad_inputs_one_line_each(setup, finished, tmp_path):
     assert f"--out {out} holds a sweep with other settings (ratios differ)" in e
     assert "--out must be a new folder or the settings must match" in e
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_kept_point_records_let_a_new_folder_resume_without_the_checkpoints(finished, setup, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from lite_medsam_sweep import keep_points, restore_points
+
+    out, _ = finished
+    root, data, ckpt = setup
+    store = tmp_path / "kept"
+    assert keep_points(str(out), str(store)) == ["dense", "medcore-0.3", "medcore-0.5", "random-0.3", "random-0.5"]
+    assert not list(store.rglob("*.pth"))
+    fresh = tmp_path / "fresh"
+    assert restore_points(str(store), str(fresh)) == ["dense", "medcore-0.3", "medcore-0.5", "random-0.3", "random-0.5"]
+    assert restore_points(str(store), str(fresh)) == []  # nothing left to restore
+    stages: list[tuple[str, str]] = []
+    result = run_sweep(_config(data, ckpt), fresh, progress=False, log=lambda _m: None,
+                       stage_hook=lambda p, s: stages.append((p, s)))
+    assert stages == [] and result.computed == []
+    assert (fresh / "sweep.csv").read_text() == (out / "sweep.csv").read_text()
+    assert (fresh / "comparisons.csv").read_text() == (out / "comparisons.csv").read_text()
