@@ -119,6 +119,19 @@ def evaluate_speed() -> str:
     return "\n".join(lines)
 
 
+def training_step_cost() -> str:
+    """``benchmarks/bench_distill.py``: seconds per training step against a plain forward + backward."""
+    d = _load("distill_cost_cpu2.json")
+    med, plain = d["median_s"], d["median_s"]["plain_forward_backward"]
+    lines = [f"| step (LiteMedSAM {d['removed_ratio']:.0%} removed, batch {d['batch']}, median of {d['rounds']}) "
+             "| seconds | / plain forward + backward |", "|---|---|---|"]
+    for key, label in (("plain_forward_backward", "plain forward + backward"), ("distill_step", "distillation step"),
+                       ("recovery_step_cached", "recovery step, teacher outputs cached"),
+                       ("recovery_step_first_draw", "recovery step, teacher run in the step (first draw)")):
+        lines.append(f"| {label} | {med[key]:.2f} | {med[key] / plain:.2f}x |")
+    return "\n".join(lines)
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.1f} ms"
 
@@ -149,6 +162,10 @@ TABLES: dict[str, Callable[[], str]] = {
     "flops": flops,
     "fisher_cost": fisher_cost,
     "evaluate_speed": evaluate_speed,
+    "training_step_cost": training_step_cost,
+    "lite_medsam_default_sweep": _from_csv("lite_medsam_sweep", "sweep_table", "lite_medsam_default_sweep_cpu2.csv"),
+    "lite_medsam_default_comparisons": _from_csv("lite_medsam_sweep", "comparison_table",
+                                                 "lite_medsam_default_comparisons_cpu2.csv"),
     "lite_medsam_sweep": _from_csv("lite_medsam_sweep", "sweep_table", "lite_medsam_sweep_cpu2.csv"),
     "lite_medsam_comparisons": _from_csv("lite_medsam_sweep", "comparison_table", "lite_medsam_comparisons_cpu2.csv"),
     "lite_medsam_leverage": leverage,
