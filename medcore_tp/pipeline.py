@@ -133,7 +133,7 @@ class PruneConfig:
     per folder (normalised). ``alpha``: MedCore's alpha, ``"auto"`` or a number in [0, 1].
     ``calib_size``: calibration images per dataset; ``batch_size``: calibration batch size.
     ``recover_steps``: recovery steps after each cascade stage (0: none), ``recover_batch_size`` per
-    process. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
+    process, at learning rate ``recover_lr``. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
     ``mask_threshold``: how calibration masks are binarised (``--mask-threshold``; None: > 127).
     ``refit``: after each stage's removal, refit the layers that read the removed groups by least
     squares on the calibration images (:mod:`medcore_tp.reconstruction`): ``dense`` from the dense
@@ -156,6 +156,7 @@ class PruneConfig:
     batch_size: int = 8
     recover_steps: int = 100
     recover_batch_size: int = 1
+    recover_lr: float = 1e-5
     seed: int = 0
     progress: bool = False
     round_to: int = 1  # pruned MLP widths kept at multiples of this (Torch-Pruning's round_to)
@@ -172,7 +173,8 @@ class PruneConfig:
         if self.data_weights is not None and len(self.data_weights) != max(len(self.data), 1):
             raise MedcoreError(f"data_weights {','.join(map(str, self.data_weights))}: {len(self.data_weights)} "
                                f"weights for {len(self.data)} data folders", "data_weights")
-        for name, value, ok, rule in (("distill_steps", self.distill_steps, self.distill_steps >= 0, ">= 0"),
+        for name, value, ok, rule in (("recover_lr", self.recover_lr, self.recover_lr > 0, "> 0"),
+                                      ("distill_steps", self.distill_steps, self.distill_steps >= 0, ">= 0"),
                                       ("distill_lr", self.distill_lr, self.distill_lr > 0, "> 0"),
                                       ("distill_batch_size", self.distill_batch_size, self.distill_batch_size >= 1, ">= 1")):
             if not ok:
@@ -362,11 +364,11 @@ def prune_scored(
             held_targets = TeacherOutputs(teacher, held)
             held_before = pool_loss(model, held_targets) if held else None
             best = BestState()
-            curve = recover(model, teacher, train, steps=steps, seed=config.seed + len(recovery),
+            curve = recover(model, teacher, train, steps=steps, lr=config.recover_lr, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
                             monitor=held, best=best)
             held_after = pool_loss(model, held_targets) if held else None
-            recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "loss": curve,
+            recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "lr": config.recover_lr, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
                              "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,
                              "seconds": time.perf_counter() - began})

@@ -28,7 +28,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ class SweepConfig:
     split: str = "test"
     eval_images: int | None = None
     recover_steps: int = 100
+    recover_lr: float = 1e-5
     finetune_epochs: int = 0
     calib_size: int = 128
     batch_size: int = 8
@@ -161,7 +162,9 @@ def check_settings(out: Path, settings: dict[str, Any]) -> bool:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         raise MedcoreError(f"--out {out}: {path} is unreadable; --out must be a new folder") from None
-    differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    # a setting added to SweepConfig after the folder was written counts as its default there
+    defaults = {f.name: f.default for f in fields(SweepConfig) if f.default is not MISSING}
+    differ = sorted(k for k in set(old) | set(settings) if old.get(k, defaults.get(k)) != settings.get(k))
     if differ:
         raise MedcoreError(
             f"--out {out} holds a sweep with other settings ({', '.join(differ)} differ); "
@@ -348,7 +351,7 @@ def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneCo
         importance=importance,
         ratios=RatioRequest(ratio=ratio, protect=None if config.protect is None else tuple(config.protect)),
         data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
-        recover_steps=config.recover_steps, seed=config.seed, refit=config.refit,
+        recover_steps=config.recover_steps, recover_lr=config.recover_lr, seed=config.seed, refit=config.refit,
         distill_steps=config.distill_steps, distill_lr=config.distill_lr,
         allocation=_point_allocation(config, importance),
     )

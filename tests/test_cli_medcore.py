@@ -149,10 +149,11 @@ def test_every_gradient_non_finite_writes_nothing(tmp_path):
 def test_cascade_with_recovery_records_loss_curves(tmp_path, checkpoints):
     target, _ = checkpoints
     res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.4, "--data", SHARED / "kvasir-seg-256",
-              "--calib-size", 4, "--recover-steps", 3, "--no-progress", "--out", tmp_path / "o")
+              "--calib-size", 4, "--recover-steps", 3, "--recover-lr", 3e-4, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     rec = json.loads((tmp_path / "o" / "summary.json").read_text())["recovery"]
     assert [r["stage"] for r in rec] == ["heads", "mlp"] and all(len(r["loss"]) == 3 for r in rec)
+    assert all(r["lr"] == 3e-4 for r in rec)
     assert "recovery after removing heads" in res.output
 
 

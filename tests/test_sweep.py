@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from medcore_tp import build_model
 from medcore_tp.cli import main
+from medcore_tp.errors import MedcoreError
 from medcore_tp.metrics import METRIC_NAMES
-from medcore_tp.sweep import SweepConfig, _prune_config, pareto_front, run_sweep
+from medcore_tp.sweep import SweepConfig, _prune_config, check_settings, pareto_front, run_sweep
 from medcore_tp.synthetic import write_synthetic_dataset
 
 SETTINGS = ["--ratios", "0.3,0.5", "--importances", "medcore,random", "--calib-size", "2", "--batch-size", "2",
@@ -229,3 +230,14 @@ def test_kept_point_records_let_a_new_folder_resume_without_the_checkpoints(fini
     assert stages == [] and result.computed == []
     assert (fresh / "sweep.csv").read_text() == (out / "sweep.csv").read_text()
     assert (fresh / "comparisons.csv").read_text() == (out / "comparisons.csv").read_text()
+
+
+def test_a_setting_added_later_counts_as_its_default_in_an_older_folder(setup, tmp_path):
+    root, data, ckpt = setup
+    config = _config(data, ckpt)
+    older = {k: v for k, v in config.settings().items() if k != "recover_lr"}  # written before --recover-lr existed
+    (tmp_path / "settings.json").write_text(json.dumps(older))
+    assert check_settings(tmp_path, config.settings()) is True
+    config.recover_lr = 1e-4
+    with pytest.raises(MedcoreError, match=r"\(recover_lr differ\); --out must be a new folder"):
+        check_settings(tmp_path, config.settings())

@@ -69,6 +69,8 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None,
               help="Recovery steps after removing heads and after removing MLP channels, 0 to skip "
                    "[default: 100; 20 without --data; 0 with --random-init].")
+@click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+              help="Recovery learning rate (AdamW).")
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers that read removed groups, after each stage: from the dense "
                    "model's statistics, then (paired) on the pruned model's own inputs; none to skip.")
@@ -95,7 +97,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
               help="Output folder.")
 @overwrite_option
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, mask_threshold, ratio,
-          importance, heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps,
+          importance, heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_lr,
           refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
@@ -135,6 +137,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         batch_size=batch_size,
         recover_steps=recover_steps,
         recover_batch_size=recover_batch_size,
+        recover_lr=recover_lr,
         seed=seed,
         progress=not no_progress,
         round_to=round_to,
