@@ -11,7 +11,7 @@ Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
 ``lite_medsam_leverage_<machine>.*``, writes the machine record beside them and prints the tables
 (Markdown) that ``benchmarks/render_tables.py`` puts into README.md.
 
-A default-recovery point takes about a quarter of an hour on 2 CPU cores, so that sweep may span
+A default-recovery point takes about a quarter of an hour on 2 CPU cores, so a sweep may span
 sessions: collecting also keeps each finished point's records (``point.json``, ``per_image.csv``,
 ``summary.json``; not the checkpoint) with the sweep's ``settings.json`` and ``splits.json`` under
 ``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
@@ -169,12 +169,12 @@ def main() -> None:
     if os.path.exists(os.path.join(args.sweep, "sweep.csv")):
         for name, ext in (("sweep", "csv"), ("comparisons", "csv"), ("pareto", "png")):
             shutil.copyfile(os.path.join(args.sweep, f"{name}.{ext}"), os.path.join(RESULTS, f"{prefix}_{name}_{tag}.{ext}"))
-        if args.recipe == "default":
-            print(f"kept the records of {', '.join(keep_points(args.sweep, store))} in {store}")
+        print(f"kept the records of {', '.join(keep_points(args.sweep, store))} in {store}")
         with open(os.path.join(args.sweep, "sweep.json")) as f:
             sweep = json.load(f)
-        record[f"sweep_{args.recipe}" if args.recipe != "refit" else "sweep"] = {"settings": sweep["settings"], "points_finished": [p["point"] for p in sweep["points"]],
-                           "environment_of_the_run": sweep["points"][0]["environment"] if sweep["points"] else None}
+        key = "sweep" if args.recipe == "refit" else f"sweep_{args.recipe}"  # "sweep": the record's older name
+        record[key] = {"settings": sweep["settings"], "points_finished": [p["point"] for p in sweep["points"]],
+                       "environment_of_the_run": sweep["points"][0]["environment"] if sweep["points"] else None}
         printed += [sweep_table(_rows(os.path.join(args.sweep, "sweep.csv"))),
                     comparison_table(_rows(os.path.join(args.sweep, "comparisons.csv")))]
     if not args.no_leverage and os.path.exists(os.path.join(args.leverage, "leverage.json")):

@@ -133,7 +133,8 @@ class PruneConfig:
     per folder (normalised). ``alpha``: MedCore's alpha, ``"auto"`` or a number in [0, 1].
     ``calib_size``: calibration images per dataset; ``batch_size``: calibration batch size.
     ``recover_steps``: recovery steps after each cascade stage (0: none), ``recover_batch_size`` per
-    process, at learning rate ``recover_lr``. ``seed``: recovery sampling and synthetic calibration. ``progress``: progress bars.
+    process, at learning rate ``recover_lr``. ``seed``: recovery sampling and synthetic calibration.
+    ``progress``: progress bars.
     ``mask_threshold``: how calibration masks are binarised (``--mask-threshold``; None: > 127).
     ``refit``: after each stage's removal, refit the layers that read the removed groups by least
     squares on the calibration images (:mod:`medcore_tp.reconstruction`): ``dense`` from the dense

@@ -16,7 +16,7 @@ Each term is a mean over pixels (or embedding entries) of each sample, averaged 
 The teacher is frozen for the whole stage, so its embedding and logits are computed once per sample
 (:class:`TeacherOutputs`) the first time that sample is drawn: with 100 draws from about 30
 calibration images a step mostly costs one student forward + backward.
-Only the encoder trains (AdamW, lr 1e-5, weight decay 0). Under torchrun the encoder trains through
+Only the encoder trains (AdamW, lr 1e-5 unless told otherwise, weight decay 0). Under torchrun the encoder trains through
 DistributedDataParallel: each step's global batch (``batch_size`` x processes samples) is drawn the
 same way on every rank and dealt out by rank, so N processes match one process with N x the batch.
 """
