@@ -1,12 +1,12 @@
 """Deployment latency: ``medcore-tp bench`` on ViT-B (dense vs the paper's 60.03%) and LiteMedSAM
 (packaged, dense vs 50%), written under benchmarks/results/ tagged with the machine.
 
-The pruned checkpoints are made first (magnitude importance, no recovery: latency does not depend on
-which channels go): ViT-B random init with heads 0.5, MLP 0.7, blocks 10-11 protected (60.03% of
+The pruned checkpoints are made first (magnitude importance, no refit or recovery: latency does not
+depend on which channels go or on their values): ViT-B random init with heads 0.5, MLP 0.7, blocks 10-11 protected (60.03% of
 encoder parameters, as benchmarks/bench_prune_vit_b.py); LiteMedSAM's packaged weights at --ratio 0.5.
 
 Usage: ``python benchmarks/bench_deploy.py --which vit-b|lite|both [--device cpu|cuda]
-[--backends torch,sdpa] [--dtype fp32] [--batch 1] [--repeats 3] [--tag-suffix X]``
+[--backends torch,sdpa] [--dtype fp32] [--batch 1] [--repeats 3] [--tag-suffix X] [--round-to N]``
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "medcore_tp", *args], check=True)
 
 
-def pruned_checkpoint(which: str, scratch: str, device: str) -> str:
-    """Prune once (reused by later runs); returns the checkpoint path."""
+def pruned_checkpoint(which: str, scratch: str, device: str, round_to: int = 1) -> str:
+    """Prune once (reused by later runs), MLP widths at multiples of ``round_to``; returns the checkpoint path."""
     model, extra = PRUNE[which]
-    out = os.path.join(scratch, f"{which}-pruned")
+    if round_to > 1:
+        extra = [*extra, "--round-to", str(round_to)]
+    out = os.path.join(scratch, f"{which}-pruned" + (f"-round{round_to}" if round_to > 1 else ""))
     path = os.path.join(out, "pruned.pth")
     if not os.path.exists(path):
-        cli("prune", "--model", model, *extra, "--importance", "magnitude", "--recover-steps", "0", "--no-report",
-            "--no-progress", "--device", device, "--out", out)
+        cli("prune", "--model", model, *extra, "--importance", "magnitude", "--recover-steps", "0", "--refit", "none",
+            "--no-report", "--no-progress", "--device", device, "--out", out)
     return path
 
 
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--parts", default="encoder")
     parser.add_argument("--repeats", default="3")
     parser.add_argument("--tag-suffix", default="")
+    parser.add_argument("--round-to", type=int, default=1,
+                        help="Prune with --round-to N (tagged _roundN) to see what aligned MLP widths buy.")
     parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
     parser.add_argument("--dry-run", action="store_true", help="Print the commands only.")
     args = parser.parse_args()
@@ -64,12 +68,12 @@ def main() -> None:
         machine = machine_tag(args.device)
     for which in targets:
         model = PRUNE[which][0]
-        tag = f"{which}_{machine}{args.tag_suffix}"
+        tag = f"{which}_{machine}{args.tag_suffix}" + (f"_round{args.round_to}" if args.round_to > 1 else "")
         if args.dry_run:
             print(f"would prune {model} and run bench --backends {args.backends} --dtype {args.dtype} "
-                  f"--batch {args.batch} --device {args.device} -> {RESULTS}/deploy_{tag}.*")
+                  f"--batch {args.batch} --device {args.device} -> {RESULTS}/bench_deploy_{tag}.*")
             continue
-        ckpt = pruned_checkpoint(which, args.scratch, args.device)
+        ckpt = pruned_checkpoint(which, args.scratch, args.device, args.round_to)
         cli("bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
             "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
             "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"))

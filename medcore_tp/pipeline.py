@@ -122,6 +122,7 @@ def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
 
 ALLOCATIONS = ("even", "count", "sensitivity")
 REFITS = ("paired", "dense", "none")
+TEACHERS = ("stage", "dense")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,11 @@ class PruneConfig:
     (MedCore's 1 / s_b, Fisher importances only). ``distill_steps``: after the last
     stage, that many steps of distillation towards the dense model's cached outputs on the mirrored
     views of the calibration images (:mod:`medcore_tp.distill`; 0: none), at ``distill_lr`` with
-    ``distill_batch_size`` samples a step.
+    ``distill_batch_size`` samples a step. ``prune_steps``: 1, the cascade (heads, then MLP
+    channels, each stage refitted and recovered); K >= 2, progressive: K stages each removing about
+    1/K of every block's heads and channels together, each refitted and recovered
+    (:func:`medcore_tp.prune.prune_by_budget`). ``recover_teacher``: what recovery trains towards,
+    ``stage`` (the model as the stage starts, before its removal) or ``dense`` (the dense model).
     """
 
     importance: str = "medcore"
@@ -167,6 +172,8 @@ class PruneConfig:
     distill_steps: int = 0
     distill_lr: float = 1e-4
     distill_batch_size: int = 2
+    prune_steps: int = 1
+    recover_teacher: str = "stage"
 
     def check(self, arch: nn.Module) -> Ratios:
         """Validate everything that can be checked on the bare architecture, before any work."""
@@ -177,11 +184,15 @@ class PruneConfig:
         for name, value, ok, rule in (("recover_lr", self.recover_lr, self.recover_lr > 0, "> 0"),
                                       ("distill_steps", self.distill_steps, self.distill_steps >= 0, ">= 0"),
                                       ("distill_lr", self.distill_lr, self.distill_lr > 0, "> 0"),
-                                      ("distill_batch_size", self.distill_batch_size, self.distill_batch_size >= 1, ">= 1")):
+                                      ("distill_batch_size", self.distill_batch_size, self.distill_batch_size >= 1, ">= 1"),
+                                      ("prune_steps", self.prune_steps, self.prune_steps >= 1, ">= 1")):
             if not ok:
                 raise MedcoreError(f"{name} {value}: must be {rule}", name)
         if self.refit not in REFITS:
             raise MedcoreError(f"refit {self.refit}: must be one of {', '.join(REFITS)}", "refit")
+        if self.recover_teacher not in TEACHERS:
+            raise MedcoreError(f"recover_teacher {self.recover_teacher}: must be one of {', '.join(TEACHERS)}",
+                               "recover_teacher")
         if self.allocation not in ALLOCATIONS:
             raise MedcoreError(f"allocation {self.allocation}: must be one of {', '.join(ALLOCATIONS)}", "allocation")
         if self.allocation == "sensitivity" and importance_entry(self.importance).needs != "fisher":
@@ -206,6 +217,7 @@ class PruneRun:
     recovery: list[dict] = field(default_factory=list)
     refits: list[dict] = field(default_factory=list)
     distillation: dict | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
 
 
 def calibration_batches(
@@ -316,7 +328,8 @@ def prune_scored(
     log: Callable[[str], None] = print,
 ) -> PruneRun:
     """Prune ``model`` (the dense model ``scoring`` was computed on, or a fresh copy of it) in place as
-    ``config`` asks: heads, recovery, MLP channels, recovery. ``config.importance`` must be
+    ``config`` asks: heads, recovery, MLP channels, recovery (or ``config.prune_steps`` progressive
+    stages, each refitted and recovered). ``config.importance`` must be
     ``scoring``'s; its calibration settings are not used again."""
     if config.importance != scoring.name:
         raise MedcoreError(f"importance {config.importance}: the scoring was computed for {scoring.name}",
@@ -340,7 +353,9 @@ def prune_scored(
     steps, rbatch, pool = config.recover_steps, config.recover_batch_size, scoring.pool
 
     refits: list[dict] = []
-    dense = copy.deepcopy(model).eval() if config.refit == "paired" or config.distill_steps > 0 else None
+    needs_dense = (config.refit == "paired" or config.distill_steps > 0
+                   or (config.recover_teacher == "dense" and steps > 0))
+    dense = copy.deepcopy(model).eval() if needs_dense else None
 
     def report(stage: str, how: str, reports: list) -> None:
         refits.extend({"stage": stage, "refit": how, **vars(r)} for r in reports)
@@ -350,13 +365,19 @@ def prune_scored(
             f"{before:.4f} -> {after:.4f} (mean over layers, calibration images)")
 
     def run_stage(stage: str, remove: Callable[[], None], part: Plan) -> None:
-        teacher = copy.deepcopy(model) if steps > 0 else None
+        if steps <= 0:
+            teacher = None
+        elif config.recover_teacher == "dense":
+            teacher = dense
+        else:
+            teacher = copy.deepcopy(model)
         remove()
+        kinds = [k for k in ("heads", "mlp") if any(getattr(bp, k) for bp in part.values())]
         if config.refit != "none":
-            report(stage, "dense", refit(model, scoring.reconstruction, part, stage))
+            report(stage, "dense", [r for k in kinds for r in refit(model, scoring.reconstruction, part, k)])
         if config.refit == "paired":
-            blocks = [b for b, bp in sorted(part.items()) if (bp.heads if stage == "heads" else bp.mlp)]
-            report(stage, "paired", refit_paired(model, dense, pool, blocks, stage, progress=config.progress))
+            report(stage, "paired", [r for k in kinds for r in refit_paired(
+                model, dense, pool, [b for b, bp in sorted(part.items()) if getattr(bp, k)], k, progress=config.progress)])
         if teacher is not None:
             began = time.perf_counter()
             # A fixed held-back set measures whether recovery converges: the per-step loss follows
@@ -383,12 +404,17 @@ def prune_scored(
     # Random importance draws from torch's generator: seed it here so that a run's plan depends on the
     # seed alone, whatever happened in the process before (a sweep prunes many copies in one process).
     torch.manual_seed(config.seed)
-    plan = prune_by_budget(model, imp, budget, run_stage=run_stage)
+    began = time.perf_counter()
+    plan = prune_by_budget(model, imp, budget, run_stage=run_stage, steps=config.prune_steps)
+    trained = sum(r["seconds"] for r in recovery)
+    seconds = {"pruning_and_refit": time.perf_counter() - began - trained, "recovery": trained}
     distillation = _distill(model, dense, pool, config, log) if config.distill_steps > 0 and plan else None
+    if distillation is not None:
+        seconds["distillation"] = distillation["seconds"]
     rows = scores_table(imp, plan) if importance_entry(scoring.name).needs == "fisher" else None
     return PruneRun(plan=plan, budget=budget, ratios=ratios, calibration=scoring.calibration, splits=scoring.splits,
                     scores_rows=rows, extra=dict(scoring.extra), recovery=recovery, refits=refits,
-                    distillation=distillation)
+                    distillation=distillation, seconds=seconds)
 
 
 def _distill(model: nn.Module, dense: nn.Module, pool: list[CalibrationBatch], config: PruneConfig,
@@ -435,4 +461,7 @@ def run_prune(
     gives budget weights. The same as :func:`score_importance` then :func:`prune_scored`.
     """
     config.check(model)  # bad values fail before any work
-    return prune_scored(model, config, score_importance(model, config, source, log), log)
+    scoring = score_importance(model, config, source, log)
+    run = prune_scored(model, config, scoring, log)
+    run.seconds = {"calibration": scoring.seconds, **run.seconds}
+    return run

@@ -66,6 +66,11 @@ def lowest(scores: torch.Tensor, k: int) -> tuple[int, ...]:
     return tuple(sorted(order[:k]))
 
 
+def _removal_order(scores: torch.Tensor, k: int) -> list[int]:
+    """The ``k`` lowest-scoring indices, lowest first (ties broken by lower index)."""
+    return sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))[: max(k, 0)]
+
+
 def plan_from_scores(scores: list[BlockScores], budget: Budget) -> dict[int, BlockPlan]:
     """Within each block, the lowest-scoring heads and channels, as many as the budget allows."""
     plan = {}
@@ -76,20 +81,66 @@ def plan_from_scores(scores: list[BlockScores], budget: Budget) -> dict[int, Blo
     return plan
 
 
+def _share(order: list[int], step: int, steps: int) -> tuple[int, ...]:
+    """The part of ``order`` step ``step`` of ``steps`` removes: up to round(step / steps x its length)."""
+    lo, hi = (round(len(order) * j / steps) for j in (step - 1, step))
+    return tuple(sorted(order[lo:hi]))
+
+
+def progressive_schedule(scores: list[BlockScores], budget: Budget, steps: int) -> list[dict[int, BlockPlan]]:
+    """The budget's removals split into ``steps`` parts, lowest scores first (dense indices).
+
+    After step s every block has given up ``round(s / steps x`` its budget``)`` heads and channels, so
+    each step removes about a ``1 / steps`` share of every block's budget and the last one lands exactly
+    on the budget; the union of the parts is :func:`plan_from_scores`'s plan. Steps that would remove
+    nothing are left out.
+    """
+    if steps < 1:
+        raise MedcoreError(f"steps {steps}: must be >= 1", "steps")
+    orders = [(_removal_order(s.heads, budget.heads[b]), _removal_order(s.mlp, budget.mlp[b]))
+              for b, s in enumerate(scores)]
+    parts = []
+    for step in range(1, steps + 1):
+        part = {}
+        for b, (heads, mlp) in enumerate(orders):
+            bp = BlockPlan(heads=_share(heads, step, steps), mlp=_share(mlp, step, steps))
+            if bp.heads or bp.mlp:
+                part[b] = bp
+        if part:
+            parts.append(part)
+    return parts
+
+
+def _current_indices(part: Plan, alive: dict[int, tuple[list[int], list[int]]]) -> dict[int, BlockPlan]:
+    """``part`` (dense indices) in the indices the encoder has now (``alive``: per block, the dense
+    indices of the heads and channels still there, in order)."""
+    return {b: BlockPlan(heads=tuple(alive[b][0].index(h) for h in bp.heads),
+                         mlp=tuple(alive[b][1].index(c) for c in bp.mlp)) for b, bp in part.items()}
+
+
 def prune_by_budget(
     model: nn.Module,
     importance: Callable[[tp.dependency.Group], torch.Tensor | None],
     budget: Budget,
     run_stage: Callable[[str, Callable[[], None], Plan], None] | None = None,
+    steps: int = 1,
 ) -> Plan:
-    """Prepare ``model``'s encoder, score all groups once, remove heads, then MLP channels.
+    """Prepare ``model``'s encoder, score all groups once, and remove them in stages.
 
+    ``steps`` 1: the cascade, heads then MLP channels (stages ``"heads"`` and ``"mlp"``). ``steps``
+    K >= 2: progressive, K stages ``"step k/K"`` each removing heads and channels together, about a
+    1/K share of every block's budget, lowest scores first (:func:`progressive_schedule`).
     Heads and channels are ranked on the dense model (one scoring pass). Gradient-based importances
     need ``.grad`` filled before the call. Each stage's removal is handed to
-    ``run_stage(name, remove, part)`` (``name`` is ``"heads"`` or ``"mlp"``, ``part`` the stage's share
-    of the plan), which must call ``remove()``; the refit and recovery wrap it there (teacher taken
-    before, refit and training after). Returns the plan that was applied.
+    ``run_stage(name, remove, part)``, which must call ``remove()``; ``part`` holds, for each block the
+    stage touches and each kind (heads, MLP channels) it removes there, everything removed of that
+    kind so far (this stage and earlier ones, dense indices), which is what a refit from the dense
+    statistics needs. Steps that would remove nothing are skipped, so a K larger than twice the
+    largest per-block budget gives fewer than K stages (named ``step k/K'`` for the K' that remain). The refit and recovery wrap it there
+    (teacher taken before, refit and training after). Returns the plan that was applied (dense indices).
     """
+    if steps < 1:
+        raise MedcoreError(f"steps {steps}: must be >= 1", "steps")
     if budget.total_heads == 0 and budget.total_mlp == 0:
         return {}  # nothing to remove: leave the model exactly as it is
     spec = prepare_pruning(model)
@@ -97,11 +148,34 @@ def prune_by_budget(
     scores = score_blocks(spec.encoder, graph, importance)
     plan = plan_from_scores(scores, budget)
     run_stage = run_stage or (lambda _stage, remove, _part: remove())
-    heads = {b: BlockPlan(heads=p.heads) for b, p in plan.items() if p.heads}
-    mlp = {b: BlockPlan(mlp=p.mlp) for b, p in plan.items() if p.mlp}
-    for stage, part in (("heads", heads), ("mlp", mlp)):
+    if steps == 1:
+        heads = {b: BlockPlan(heads=p.heads) for b, p in plan.items() if p.heads}
+        mlp = {b: BlockPlan(mlp=p.mlp) for b, p in plan.items() if p.mlp}
+        stages = [("heads", heads, heads), ("mlp", mlp, mlp)]
+    else:
+        parts = progressive_schedule(scores, budget, steps)
+        stages, done = [], {}
+        for k, part in enumerate(parts, 1):
+            for b, bp in part.items():
+                old = done.get(b, BlockPlan())
+                done[b] = BlockPlan(heads=tuple(sorted(old.heads + bp.heads)), mlp=tuple(sorted(old.mlp + bp.mlp)))
+            # the kinds this stage removes, with everything removed of them so far: a layer the stage
+            # does not change is not refitted again (that would undo its earlier recovery)
+            stages.append((f"step {k}/{len(parts)}", part, {b: BlockPlan(heads=done[b].heads if bp.heads else (),
+                                                                         mlp=done[b].mlp if bp.mlp else ())
+                                                            for b, bp in part.items()}))
+    alive = {b: (list(range(len(s.heads))), list(range(len(s.mlp)))) for b, s in enumerate(scores)}
+
+    def remove(part: Plan, fresh_graph: bool) -> None:
+        # Torch-Pruning's index mapping through TinyViT's per-head qkv reshape goes stale once a block
+        # has lost heads, so every progressive stage after the first traces the encoder anew.
+        apply_plan(spec.encoder, _current_indices(part, alive), None if fresh_graph else graph)
+        for b, bp in part.items():
+            alive[b] = ([h for h in alive[b][0] if h not in bp.heads], [c for c in alive[b][1] if c not in bp.mlp])
+
+    for k, (stage, part, so_far) in enumerate(stages):
         if part:
-            run_stage(stage, functools.partial(apply_plan, spec.encoder, part, graph), part)
+            run_stage(stage, functools.partial(remove, part, steps > 1 and k > 0), so_far)
     return plan
 
 

@@ -1,10 +1,10 @@
-"""Recovery after each cascade stage: a short, boundary-focused distillation of the encoder.
+"""Recovery after each pruning stage: a short, boundary-focused distillation of the encoder.
 
 Per step (a batch of samples, 1 by default, drawn with replacement with probability proportional to
 perimeter / (sqrt(area) + 1), the perimeter being the pixels of the 3x3 morphological gradient of the
 low-res mask), with z the low-res logits, Z the logits upsampled to the input size, m / M the masks at
 those sizes, e the image embedding and ``_t`` the teacher (a frozen copy of the model taken when the
-cascade stage starts, before its groups are removed):
+stage starts, before its groups are removed, or the dense model: ``PruneConfig.recover_teacher``):
 
     L = 0.5 BCE(Z, M) + 0.5 (1 - Dice(Z, M))
       + 1.0 mean((1 + 4 band(M)) BCE(Z, M))
@@ -92,7 +92,8 @@ def recover(
 ) -> list[float]:
     """Train ``model``'s encoder towards ``teacher`` (frozen) in place; returns the per-step losses.
 
-    ``teacher`` is the model as it was when the cascade stage started, before its groups were removed.
+    ``teacher`` is the model as it was when the pruning stage started, before its groups were removed
+    (or the dense model).
     ``batch_size`` is per process; the returned losses are means over each step's global batch.
     ``monitor`` (held-back samples with masks) and ``best`` (an empty :class:`BestState`): their
     Dice / Boundary F1 is checked before the first step and ``checks`` times along the run, and the

@@ -80,6 +80,8 @@ class SweepConfig:
     eval_images: int | None = None
     recover_steps: int = 100
     recover_lr: float = 1e-5
+    prune_steps: int = 1
+    recover_teacher: str = "stage"
     finetune_epochs: int = 0
     calib_size: int = 128
     batch_size: int = 8
@@ -289,7 +291,9 @@ def run_sweep(
     say = log or (bar.write if progress else print)
     say(f"sweep: {len(points)} points ({len(config.ratios)} ratios x {len(config.importances)} importances) and the "
         f"dense model, refit {config.refit}, {config.allocation} allocation, {config.distill_steps} distillation steps, "
-        f"{config.recover_steps} recovery steps per stage, {config.finetune_epochs} fine-tuning epochs, "
+        f"{_stages(config.prune_steps)}, {config.recover_steps} recovery steps per stage at lr {config.recover_lr:g} "
+        f"towards the {'dense model' if config.recover_teacher == 'dense' else 'model as each stage starts'}, "
+        f"{config.finetune_epochs} fine-tuning epochs, "
         f"latency median of {config.repeats} interleaved with the dense model")
     fallback = [imp for imp in config.importances if _point_allocation(config, imp) != config.allocation]
     if fallback:
@@ -351,10 +355,16 @@ def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneCo
         importance=importance,
         ratios=RatioRequest(ratio=ratio, protect=None if config.protect is None else tuple(config.protect)),
         data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
-        recover_steps=config.recover_steps, recover_lr=config.recover_lr, seed=config.seed, refit=config.refit,
+        recover_steps=config.recover_steps, recover_lr=config.recover_lr, prune_steps=config.prune_steps,
+        recover_teacher=config.recover_teacher, seed=config.seed, refit=config.refit,
         distill_steps=config.distill_steps, distill_lr=config.distill_lr,
         allocation=_point_allocation(config, importance),
     )
+
+
+def _stages(prune_steps: int) -> str:
+    """The stages a point is pruned in, in words."""
+    return "cascade (heads, then MLP)" if prune_steps == 1 else f"{prune_steps} progressive stages"
 
 
 def _point_allocation(config: SweepConfig, importance: str) -> str:

@@ -241,3 +241,15 @@ def test_a_setting_added_later_counts_as_its_default_in_an_older_folder(setup, t
     config.recover_lr = 1e-4
     with pytest.raises(MedcoreError, match=r"\(recover_lr differ\); --out must be a new folder"):
         check_settings(tmp_path, config.settings())
+
+
+def test_progressive_settings_reach_every_point_and_a_rerun_must_match_them(setup, tmp_path):
+    root, data, ckpt = setup
+    config = _config(data, ckpt)
+    config.prune_steps, config.recover_teacher = 3, "dense"
+    point = _prune_config(config, "random", 0.3)
+    assert (point.prune_steps, point.recover_teacher) == (3, "dense")
+    (tmp_path / "settings.json").write_text(json.dumps(config.settings()))
+    config.prune_steps = 1
+    with pytest.raises(MedcoreError, match=r"\(prune_steps differ\); --out must be a new folder"):
+        check_settings(tmp_path, config.settings())

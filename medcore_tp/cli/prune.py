@@ -71,6 +71,11 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
                    "[default: 100; 20 without --data; 0 with --random-init].")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
+@click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="1: the cascade (heads, then MLP channels, each refitted and recovered); K >= 2: progressive, "
+                   "K stages each removing about 1/K of every block's heads and channels, each refitted and recovered.")
+@click.option("--recover-teacher", type=click.Choice(["stage", "dense"]), default="stage", show_default=True,
+              help="What recovery trains towards: the model as each stage starts (stage) or the dense model.")
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers that read removed groups, after each stage: from the dense "
                    "model's statistics, then (paired) on the pruned model's own inputs; none to skip.")
@@ -98,7 +103,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @overwrite_option
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, mask_threshold, ratio,
           importance, heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_lr,
-          refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
+          prune_steps, recover_teacher, refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
@@ -138,6 +143,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         recover_steps=recover_steps,
         recover_batch_size=recover_batch_size,
         recover_lr=recover_lr,
+        prune_steps=prune_steps,
+        recover_teacher=recover_teacher,
         seed=seed,
         progress=not no_progress,
         round_to=round_to,
@@ -181,13 +188,17 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
                 raise MedcoreError(f"--source-checkpoint: {exc}") from None
     with guarded(folder if is_main() else None):
         before = profile_model(model)
+        began = time.perf_counter()
         shown_before = (snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold)
                         if report else None)
+        measuring = time.perf_counter() - began
         run = run_prune(model, config, source=source, log=log)
         after = profile_model(model)
         extra = dict(run.extra, refits=run.refits, distillation=run.distillation)
         if report:
+            began = time.perf_counter()
             shown_after = snapshot(model, roots or None, progress=not no_progress, mask_threshold=mask_threshold)
+            measuring += time.perf_counter() - began
             extra["report"] = {"evaluation_set": "test split of --data" if roots else "built-in SYNTHETIC set",
                                "before": shown_before.to_dict(), "after": shown_after.to_dict()}
 
@@ -207,7 +218,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
             protection_lifted=ratio is not None and protect is None and ratios.protect != default,
             alpha=alpha, data=roots, data_weights=weights, mask_threshold=mask_threshold, masks=mask_counts,
             calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
-            recover_steps=recover_steps, decisions=decisions, seconds=time.perf_counter() - start, **extra,
+            recover_steps=recover_steps, prune_steps=prune_steps, recover_teacher=recover_teacher, decisions=decisions,
+            seconds=time.perf_counter() - start, seconds_per_phase=dict(run.seconds, measuring=measuring), **extra,
         )
         save_json(record, os.path.join(out_dir, "summary.json"))
         if run.splits is not None:
@@ -219,6 +231,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     _report(before, after, run.budget, record, importance, extra)
     if report:
         _report_quality(extra["report"])
+    phases = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in record["seconds_per_phase"].items())
+    click.echo(f"took {record['seconds']:.0f} s from loading the model to the end ({phases})")
     click.echo(f"wrote {', '.join(written)} to {out_dir}")
 
 

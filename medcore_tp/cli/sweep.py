@@ -36,9 +36,14 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--ratios", default="0.1,0.3,0.5,0.6", show_default=True, help="Fractions of encoder parameters.")
 @click.option("--importances", default="medcore,taylor,magnitude,random", show_default=True)
 @click.option("--recover-steps", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Recovery steps after each cascade stage (0: none).")
+              help="Recovery steps after each pruning stage (0: none).")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
+@click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="1: the cascade (heads, then MLP channels); K >= 2: progressive, K stages each removing about "
+                   "1/K of every block's heads and channels, each refitted and recovered.")
+@click.option("--recover-teacher", type=click.Choice(["stage", "dense"]), default="stage", show_default=True,
+              help="What recovery trains towards: the model as each stage starts (stage) or the dense model.")
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers reading removed groups after each stage: from dense "
                    "statistics, then (paired) on the pruned model's own inputs.")
@@ -63,7 +68,7 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder (resumable).")
 def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eval_images, ratios, importances, recover_steps,
-          recover_lr, refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
+          recover_lr, prune_steps, recover_teacher, refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
           out_dir) -> None:
     """Prune at every ratio with every importance from the same dense model; write sweep.csv, sweep.json,
     comparisons.csv and pareto.png. A rerun with the same --out finishes an interrupted sweep."""
@@ -75,7 +80,7 @@ def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eva
         model=model_name, checkpoint=checkpoint, source_checkpoint=source_checkpoint, data=_folders(data) or [],
         eval_data=_folders(eval_data), split=split, eval_images=eval_images, ratios=_floats("--ratios", ratios),
         importances=[i.strip() for i in importances.split(",") if i.strip()], recover_steps=recover_steps,
-        recover_lr=recover_lr, finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
+        recover_lr=recover_lr, prune_steps=prune_steps, recover_teacher=recover_teacher, finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
         box_jitter=box_jitter, protect=parse_int_list("--protect-blocks", protect_blocks) if protect_blocks else None,
         seed=seed, refit=refit, allocation=allocation, distill_steps=distill_steps, distill_lr=distill_lr,
     )
