@@ -160,7 +160,7 @@ class PruneConfig:
     alpha: str | float = "auto"
     calib_size: int = 128
     batch_size: int = 8
-    recover_steps: int = 100
+    recover_steps: int = 200
     recover_batch_size: int = 1
     recover_lr: float = 1e-5
     seed: int = 0

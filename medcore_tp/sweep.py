@@ -78,7 +78,7 @@ class SweepConfig:
     eval_data: list[str] | None = None
     split: str = "test"
     eval_images: int | None = None
-    recover_steps: int = 100
+    recover_steps: int = 200
     recover_lr: float = 1e-5
     prune_steps: int = 1
     recover_teacher: str = "stage"
