@@ -60,10 +60,7 @@ def score_blocks(
 
 def lowest(scores: torch.Tensor, k: int) -> tuple[int, ...]:
     """Indices of the ``k`` lowest scores, ascending by index (ties broken by lower index)."""
-    if k <= 0:
-        return ()
-    order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
-    return tuple(sorted(order[:k]))
+    return tuple(sorted(_removal_order(scores, k)))
 
 
 def _removal_order(scores: torch.Tensor, k: int) -> list[int]:
