@@ -5,7 +5,8 @@
 (least-squares refit, equal-count allocation, 100 recovery steps per stage), ``refit``, the refit
 alone, or ``progressive`` / ``progressive-dense`` (MedCore at 50% only: 4 progressive stages of 50
 recovery steps, towards the model as each stage starts / the dense model) or ``long`` (MedCore at 50%,
-the default with 200 recovery steps per stage). ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
+the default with 200 recovery steps per stage) or ``default200`` (what ``prune --data`` does now,
+200 recovery steps per stage, MedCore and Taylor at 0.5, 0.3, 0.6; its MedCore 50% point is ``long``'s). ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
 folders in ``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only).
 Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
 ``benchmarks/results/<prefix>_{sweep,comparisons,pareto}_<machine>.*`` (prefix ``lite_medsam`` for
@@ -19,7 +20,7 @@ sessions: collecting also keeps each finished point's records (``point.json``, `
 ``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
 ``--sweep`` folder that lacks them, so that the sweep resumes after them.
 
-Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|refit|progressive|progressive-dense|long] [--run] [--sweep out/sweep-lite]
+Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long] [--run] [--sweep out/sweep-lite]
 [--leverage out/leverage-lite] [--no-leverage]``
 """
 
@@ -61,6 +62,11 @@ RECIPES = {
     # the default with twice the recovery steps (2 x 200), MedCore at 50% only
     "long": ("lite_medsam_long", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "200",
                                   "--refit", "dense", "--allocation", "count", "--calib-size", "16", "--repeats", "1"]),
+    # the default with --data today (2 x 200 recovery steps), MedCore and Taylor at the default's ratios;
+    # its MedCore 50% point is the "long" recipe's (same settings), restored from that record
+    "default200": ("lite_medsam_default200", ["--ratios", "0.5,0.3,0.6", "--importances", "medcore,taylor",
+                                              "--recover-steps", "200", "--refit", "dense", "--allocation", "count",
+                                              "--calib-size", "16", "--repeats", "1"]),
     # the least-squares refit alone, no gradient steps
     "refit": ("lite_medsam", ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore",
                               "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
