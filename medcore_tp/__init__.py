@@ -3,7 +3,7 @@
 from medcore_tp.checkpoint import load_model, load_pruned, save_pruned
 from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import BlockPlan, PruningSpec, apply_plan, build_graph, prepare_pruning
-from medcore_tp.importance import BoundaryFisherImportance, MedCoreImportance
+from medcore_tp.importance import BoundaryFisherImportance, FirstOrderMedCoreImportance, MedCoreImportance
 from medcore_tp.models import MODEL_NAMES, MODELS, InputSpec, build_model, default_weights, input_spec
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ __all__ = [
     "MODEL_NAMES",
     "BlockPlan",
     "BoundaryFisherImportance",
+    "FirstOrderMedCoreImportance",
     "InputSpec",
     "MedCoreImportance",
     "MedcoreError",

@@ -6,6 +6,7 @@ low-res logit size, logits z, p = sigmoid(z)):
     B   = dilate3x3(m) - erode3x3(m)                                   (boundary band)
     L_n = sum_pixels (1 + 3 B) * BCE(z, m) + 1 - (2 sum(p m) + 1e-5) / (sum(p^2) + sum(m^2) + 1e-5)
     F_i = (1 / N) * sum_n (dL_n / dtheta_i)^2                          (per-sample squared gradients)
+    g_i = (1 / N) * sum_n dL_n / dtheta_i                              (mean gradient, first-order term)
 
 Samples whose gradient is not finite are skipped and counted. Each sample gets its own forward and
 backward, so the result does not depend on how samples are batched, and the cost is one
@@ -33,12 +34,14 @@ __all__ = ["BAND_WEIGHT", "FisherResult", "calibration_loss", "diagonal_fisher"]
 
 @dataclass
 class FisherResult:
-    """Diagonal Fisher per encoder parameter (name relative to the encoder) and sample counts."""
+    """Diagonal Fisher and mean gradient per encoder parameter (names relative to the encoder), and
+    sample counts."""
 
     fisher: dict[str, torch.Tensor]
     samples: int
     skipped: int
     losses: list[float] = field(default_factory=list)
+    gradient: dict[str, torch.Tensor] | None = None
 
 
 def diagonal_fisher(
@@ -48,7 +51,7 @@ def diagonal_fisher(
     description: str = "Fisher",
     total: int | None = None,
 ) -> FisherResult:
-    """Per-sample diagonal Fisher of ``model.image_encoder`` under :func:`calibration_loss`.
+    """Per-sample diagonal Fisher (and mean gradient) of ``model.image_encoder`` under :func:`calibration_loss`.
 
     The whole model runs (encoder, prompt encoder with the box, mask decoder) in train mode with
     batch-norm layers frozen (:func:`~medcore_tp.calibration.train_with_frozen_norms`); only encoder
@@ -59,6 +62,7 @@ def diagonal_fisher(
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     params = [p for p in encoder.parameters() if p.requires_grad]
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    gsums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     seen = skipped = 0
     losses = []
     position, me, world = 0, rank(), world_size()  # samples are dealt out round-robin across processes
@@ -79,9 +83,10 @@ def diagonal_fisher(
                 if not torch.isfinite(loss) or not all(g is None or torch.isfinite(g).all() for g in grads):
                     skipped += 1
                     continue
-                for acc, g in zip(sums, grads, strict=True):
+                for acc, gacc, g in zip(sums, gsums, grads, strict=True):
                     if g is not None:
                         acc.addcmul_(g, g)
+                        gacc.add_(g)
                 seen += 1
                 losses.append(float(loss.detach()))
                 del grads, logits, loss  # free them before the next sample's forward (peak memory)
@@ -89,8 +94,9 @@ def diagonal_fisher(
         bar.close()
         model.train(was_training)
     counts = torch.tensor([seen, skipped], dtype=torch.float64, device=sums[0].device)
-    all_reduce_sum(sums + [counts])
+    all_reduce_sum(sums + gsums + [counts])
     seen, skipped = int(counts[0]), int(counts[1])
     if seen == 0:
         raise MedcoreError(f"calibration: all {skipped} samples gave non-finite gradients; no Fisher can be computed")
-    return FisherResult({n: s / seen for n, s in zip(names, sums, strict=True)}, seen, skipped, losses)
+    return FisherResult({n: s / seen for n, s in zip(names, sums, strict=True)}, seen, skipped, losses,
+                        {n: g / seen for n, g in zip(names, gsums, strict=True)})

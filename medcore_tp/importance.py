@@ -8,6 +8,14 @@ channel: its ``lin1`` row with bias and its ``lin2`` column), per calibration da
     rho_b    = Pearson(Dzero, Dreset) over the heads of block b (1 if either std <= 1e-12)
     alpha_b  = (1 + rho_b) / 2;  Q_g = alpha_b Dzero_g + (1 - alpha_b) Dreset_g   (MLP reuses alpha_b)
 
+The paper drops the first-order term of the loss change; ``medcore-grad`` keeps it, with g the mean
+calibration gradient (beyond the paper; on ``tiny`` it lifts the rank correlation with the real loss
+change of zeroing or resetting a group from about 0 to 0.9, ``benchmarks/bench_interventions.py``):
+
+    Gzero_g  = sum_{i in g} g^M_i (0 - theta^M_i)       Greset_g = sum_{i in g} g^M_i (theta^S_i - theta^M_i)
+    Q'_g     = alpha_b (Gzero_g + Dzero_g) + (1 - alpha_b) (Greset_g + Dreset_g)   (signed: a group whose
+               removal lowers the calibration loss is removed first)
+
 and over datasets with weights pi (normalised): Q_g = sum_r pi_r Q_g^(r) + beta Var_r(Q_g^(r))
 (population variance, beta = 0.3). Without a source model only Dzero exists (alpha = 1).
 Block sensitivity s_b = sum_r pi_r sum_{i in block b} F^M_{r,i}. Low Q is pruned first.
@@ -42,6 +50,11 @@ class BlockStats:
     mlp_zero: torch.Tensor  # (R, channels)
     mlp_reset: torch.Tensor | None
     sensitivity: torch.Tensor  # (R,)
+    # first-order terms (R, heads) / (R, channels): None when no gradient was given
+    head_grad_zero: torch.Tensor | None = None
+    head_grad_reset: torch.Tensor | None = None
+    mlp_grad_zero: torch.Tensor | None = None
+    mlp_grad_reset: torch.Tensor | None = None
 
 
 def block_statistics(
@@ -49,15 +62,19 @@ def block_statistics(
     target_fishers: Sequence[Mapping[str, torch.Tensor]],
     source_fisher: Mapping[str, torch.Tensor] | None = None,
     source_state: Mapping[str, torch.Tensor] | None = None,
+    target_gradients: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> list[BlockStats]:
     """Dzero / Dreset per head and MLP channel, and block sensitivities, for each target Fisher.
 
     ``target_fishers``: one encoder Fisher per dataset (keys as ``encoder.named_parameters()``);
     ``source_fisher`` / ``source_state``: the source (SAM) encoder's Fisher and parameters, both or
-    neither. All must have the dense shapes of ``model``'s encoder.
+    neither; ``target_gradients``: the mean calibration gradient per dataset, for the first-order terms
+    Gzero / Greset (left ``None`` without it). All must have the dense shapes of ``model``'s encoder.
     """
     if (source_fisher is None) != (source_state is None):
         raise ValueError("give both the source Fisher and the source parameters, or neither")
+    if target_gradients is not None and len(target_gradients) != len(target_fishers):
+        raise ValueError(f"target_gradients: {len(target_gradients)} given for {len(target_fishers)} target Fishers")
     encoder = image_encoder(model)
     adapter = adapter_for(encoder)
     theta = {n: p.detach().double() for n, p in encoder.named_parameters()}
@@ -65,7 +82,8 @@ def block_statistics(
     for b in range(len(adapter.blocks(encoder))):
         prefix = adapter.block_prefix(encoder, b)
         hz, hr, mz, mr, sens = [], [], [], [], []
-        for fm in target_fishers:
+        ghz, ghr, gmz, gmr = [], [], [], []
+        for r, fm in enumerate(target_fishers):
             zero = {n: 0.5 * fm[n].double() * theta[n].pow(2) for n in theta if n.startswith(prefix)}
             h, m = adapter.group_sums(encoder, b, zero)
             hz.append(h)
@@ -81,6 +99,16 @@ def block_statistics(
                 h, m = adapter.group_sums(encoder, b, reset)
                 hr.append(h)
                 mr.append(m)
+            if target_gradients is not None:
+                g = {n: target_gradients[r][n].double() for n in theta if n.startswith(prefix)}
+                h, m = adapter.group_sums(encoder, b, {n: -g[n] * theta[n] for n in g})
+                ghz.append(h)
+                gmz.append(m)
+                if source_state is not None:
+                    h, m = adapter.group_sums(encoder, b, {n: g[n] * (source_state[n].detach().double() - theta[n])
+                                                           for n in g})
+                    ghr.append(h)
+                    gmr.append(m)
         out.append(
             BlockStats(
                 head_zero=torch.stack(hz),
@@ -88,6 +116,10 @@ def block_statistics(
                 mlp_zero=torch.stack(mz),
                 mlp_reset=torch.stack(mr) if mr else None,
                 sensitivity=torch.stack(sens),
+                head_grad_zero=torch.stack(ghz) if ghz else None,
+                head_grad_reset=torch.stack(ghr) if ghr else None,
+                mlp_grad_zero=torch.stack(gmz) if gmz else None,
+                mlp_grad_reset=torch.stack(gmr) if gmr else None,
             )
         )
     return out
@@ -131,14 +163,22 @@ def medcore_scores(
     weights: Sequence[float] | None = None,
     alpha: str | float = "auto",
     beta: float = DEFAULT_BETA,
+    first_order: bool = False,
 ) -> list[MedCoreScores]:
     """Q for every head and MLP channel, per block, aggregated over datasets.
 
     ``alpha="auto"``: per block and dataset from the Pearson correlation (the paper); a number fixes
     it for every block (ablations; 1.0 = Dzero only). Without reset statistics alpha is 1.
+    ``first_order``: add Gzero / Greset to Dzero / Dreset first (``medcore-grad``); the statistics must
+    hold them (:func:`block_statistics` with ``target_gradients``), else ``ValueError``.
     """
     if not stats:
         return []
+    if first_order:
+        if any(s.head_grad_zero is None or (s.head_reset is not None and s.head_grad_reset is None) for s in stats):
+            raise ValueError("first_order: the statistics hold no first-order terms (give block_statistics "
+                             "target_gradients)")
+        stats = [_with_first_order(s) for s in stats]
     n_sets = stats[0].head_zero.shape[0]
     pi = normalised_weights(weights, n_sets)
     out = []
@@ -164,6 +204,15 @@ def medcore_scores(
             )
         )
     return out
+
+
+def _with_first_order(s: BlockStats) -> BlockStats:
+    """The statistics with G + D in place of D (the predicted loss change to second order)."""
+    def add(d: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor | None:
+        return None if d is None else d + g
+
+    return BlockStats(add(s.head_zero, s.head_grad_zero), add(s.head_reset, s.head_grad_reset),
+                      add(s.mlp_zero, s.mlp_grad_zero), add(s.mlp_reset, s.mlp_grad_reset), s.sensitivity)
 
 
 def _mix(alpha: torch.Tensor, zero: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
@@ -242,10 +291,11 @@ class MedCoreImportance(PerGroupImportance):
         weights: Sequence[float] | None = None,
         alpha: str | float = "auto",
         beta: float = DEFAULT_BETA,
+        first_order: bool = False,
     ) -> None:
         if not (alpha == "auto" or (isinstance(alpha, (int, float)) and 0.0 <= float(alpha) <= 1.0)):
             raise ValueError(f"alpha must be 'auto' or a number in [0, 1], got {alpha!r}")
-        self.scores = medcore_scores(stats, weights=weights, alpha=alpha, beta=beta)
+        self.scores = medcore_scores(stats, weights=weights, alpha=alpha, beta=beta, first_order=first_order)
         super().__init__(model, [s.head_q for s in self.scores], [s.mlp_q for s in self.scores])
 
 
@@ -260,3 +310,18 @@ class BoundaryFisherImportance(MedCoreImportance):
         beta: float = DEFAULT_BETA,
     ) -> None:
         super().__init__(model, stats, weights=weights, alpha=1.0, beta=beta)
+
+
+class FirstOrderMedCoreImportance(MedCoreImportance):
+    """MedCore's Q with the first-order term the paper drops (``medcore-grad``): alpha (Gzero + Dzero)
+    + (1 - alpha) (Greset + Dreset), signed, aggregated over datasets; needs statistics with gradients."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stats: Sequence[BlockStats],
+        weights: Sequence[float] | None = None,
+        alpha: str | float = "auto",
+        beta: float = DEFAULT_BETA,
+    ) -> None:
+        super().__init__(model, stats, weights=weights, alpha=alpha, beta=beta, first_order=True)

@@ -5,8 +5,8 @@
 - ``"nothing"``: data-free (``magnitude``: L2 norm of the group's weights; ``random``);
 - ``"gradients"``: ``.grad`` of the encoder filled on the calibration images (``taylor``: |w * dL/dw|);
 - ``"fisher"``: the boundary-aware Fisher of the calibration images (``medcore``: Q from Dzero,
-  Dreset and alpha; ``boundary-fisher``: Dzero alone). These also give the per-block sensitivities
-  that weight the budget (1 / s_b).
+  Dreset and alpha; ``medcore-grad``: the same with the first-order term; ``boundary-fisher``: Dzero
+  alone). These also give the per-block sensitivities that weight the budget (1 / s_b).
 - ``"refit"``: the input moments of every attention projection and MLP output layer on the
   calibration images (``refit``: the greedy refit-aware removal order, :mod:`medcore_tp.refit_importance`).
 
@@ -47,6 +47,8 @@ IMPORTANCES: dict[str, ImportanceEntry] = {
     e.name: e
     for e in (
         ImportanceEntry("medcore", "fisher", "MedCore's Q: alpha Dzero + (1 - alpha) Dreset (boundary-aware Fisher)"),
+        ImportanceEntry("medcore-grad", "fisher", "MedCore's Q with the first-order term the paper drops: "
+                        "g.dtheta added to Dzero and Dreset (g the mean calibration gradient; beyond the paper)"),
         ImportanceEntry("boundary-fisher", "fisher", "Dzero alone: the boundary-aware Fisher cost of zeroing a group"),
         ImportanceEntry("refit", "refit", "what removing a group costs after the least-squares refit "
                         "(structured optimal brain surgeon on the calibration tokens)"),

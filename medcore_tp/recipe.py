@@ -22,6 +22,7 @@ from medcore_tp.importance import (
     DEFAULT_BETA,
     BlockStats,
     BoundaryFisherImportance,
+    FirstOrderMedCoreImportance,
     MedCoreImportance,
     block_statistics,
 )
@@ -75,6 +76,7 @@ def statistics(model: nn.Module, calibration: Calibration) -> list[BlockStats]:
         [r.fisher for r in calibration.target],
         calibration.source.fisher if calibration.source else None,
         calibration.source_state,
+        [r.gradient for r in calibration.target] if all(r.gradient is not None for r in calibration.target) else None,
     )
 
 
@@ -82,9 +84,12 @@ def make_medcore_importance(
     model: nn.Module, stats: Sequence[BlockStats], kind: str = "medcore", weights: Sequence[float] | None = None,
     alpha: str | float = "auto", beta: float = DEFAULT_BETA,
 ) -> MedCoreImportance:
-    """``medcore`` (Q) or ``boundary-fisher`` (Dzero only) importance from statistics."""
+    """``medcore`` (Q), ``medcore-grad`` (Q with the first-order term) or ``boundary-fisher`` (Dzero
+    only) importance from statistics."""
     if kind == "boundary-fisher":
         return BoundaryFisherImportance(model, stats, weights=weights, beta=beta)
+    if kind == "medcore-grad":
+        return FirstOrderMedCoreImportance(model, stats, weights=weights, alpha=alpha, beta=beta)
     return MedCoreImportance(model, stats, weights=weights, alpha=alpha, beta=beta)
 
 

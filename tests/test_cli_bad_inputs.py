@@ -146,7 +146,7 @@ CASES = [
     ("prune-source-missing", [*PRUNE[:-6], "--importance", "medcore", "--ratio", "0.2", "--recover-steps", "0",
                               "--source-checkpoint", "{ws}/missing.pth"], 2, "--source-checkpoint: checkpoint", None),
     ("prune-allocation-taylor", [*PRUNE[:-6], "--importance", "taylor", "--ratio", "0.2", "--allocation", "sensitivity"],
-     2, "--allocation sensitivity: needs a Fisher importance (medcore, boundary-fisher), not taylor", None),
+     2, "--allocation sensitivity: needs a Fisher importance (medcore, medcore-grad, boundary-fisher), not taylor", None),
     ("prune-refit-unknown", [*PRUNE, "--refit", "sometimes"], 2, "Invalid value for '--refit'", None),
     ("prune-distill-lr", [*PRUNE, "--distill-lr", "0"], 2, "Invalid value for '--distill-lr'", None),
     # prune: --out

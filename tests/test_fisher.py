@@ -49,6 +49,7 @@ def test_batched_fisher_equals_a_plain_batch1_loop(tiny_model):
     batch = synthetic_batch(4, input_spec(tiny_model), seed=3)
     encoder = tiny_model.image_encoder
     expected = {n: torch.zeros_like(p) for n, p in encoder.named_parameters()}
+    mean_grad = {n: torch.zeros_like(p) for n, p in encoder.named_parameters()}
     tiny_model.train()
     for i in range(4):  # independent: ordinary backward() per sample, then grad^2
         tiny_model.zero_grad()
@@ -56,12 +57,15 @@ def test_batched_fisher_equals_a_plain_batch1_loop(tiny_model):
         calibration_loss(logits, batch.masks[i : i + 1]).sum().backward()
         for n, p in encoder.named_parameters():
             expected[n] += p.grad.pow(2) / 4
+            mean_grad[n] += p.grad / 4
     tiny_model.eval()
     halves = [CalibrationBatch(batch.images[s], batch.boxes[s], batch.masks[s]) for s in (slice(0, 3), slice(3, 4))]
     got = diagonal_fisher(tiny_model, halves)
     assert (got.samples, got.skipped) == (4, 0)
     for n, e in expected.items():
         torch.testing.assert_close(got.fisher[n], e, rtol=1e-5, atol=1e-12 * float(e.abs().max() + 1e-30))
+        g = mean_grad[n]
+        torch.testing.assert_close(got.gradient[n], g, rtol=1e-4, atol=1e-6 * float(g.abs().max() + 1e-30))
 
 
 def test_non_finite_samples_are_skipped_and_counted(tiny_model):

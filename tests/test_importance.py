@@ -12,7 +12,7 @@ import torch_pruning as tp
 from medcore_tp import build_model, prepare_pruning
 from medcore_tp.arch import sam_vit
 from medcore_tp.budget import ratio_budget
-from medcore_tp.importance import MedCoreImportance, block_statistics, medcore_scores
+from medcore_tp.importance import BlockStats, MedCoreImportance, block_statistics, medcore_scores
 from medcore_tp.prune import prune_by_budget
 from medcore_tp.recipe import sensitivity_weights
 
@@ -86,6 +86,43 @@ def test_scores_equal_a_direct_computation(setting):
         assert scores[b].alpha == pytest.approx(float(pi @ np.array(alphas)), rel=1e-9)
         sens = sum(pi[r] * sum(v.double().sum().item() for n, v in fm[r].items() if n.startswith(f"blocks.{b}.")) for r in range(3))
         assert scores[b].sensitivity == pytest.approx(sens, rel=1e-9)
+
+
+def test_first_order_terms_equal_a_direct_computation(setting):
+    target, fm, fs, src = setting
+    gen = torch.Generator().manual_seed(7)
+    grads = [{n: torch.randn(p.shape, generator=gen) for n, p in target.image_encoder.named_parameters()} for _ in fm]
+    stats = block_statistics(target, fm, fs, src, target_gradients=grads)
+    enc = target.image_encoder
+    for b in range(4):
+        for r in range(3):
+            th = {n: p.detach().double() for n, p in enc.named_parameters() if n.startswith(f"blocks.{b}.")}
+            g = {n: grads[r][n].double() for n in th}
+            sn = {n: src[n].double() for n in th}
+            pre = f"blocks.{b}."
+
+            def gz(name, idx, g=g, th=th, sn=sn, pre=pre):  # (g . (0 - theta), g . (theta_S - theta)) over idx
+                k = pre + name
+                return np.array([float((-g[k][idx] * th[k][idx]).sum()), float((g[k][idx] * (sn[k][idx] - th[k][idx])).sum())])
+
+            heads = np.array([gz("attn.qkv.weight", [p * 64 + h * 16 + i for p in range(3) for i in range(16)])
+                              + gz("attn.qkv.bias", [p * 64 + h * 16 + i for p in range(3) for i in range(16)])
+                              + gz("attn.proj.weight", (slice(None), list(range(h * 16, h * 16 + 16)))) for h in range(4)])
+            mlp = np.array([gz("mlp.lin1.weight", [c]) + gz("mlp.lin1.bias", [c]) + gz("mlp.lin2.weight", (slice(None), [c]))
+                            for c in range(256)])
+            np.testing.assert_allclose(stats[b].head_grad_zero[r].numpy(), heads[:, 0], rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(stats[b].head_grad_reset[r].numpy(), heads[:, 1], rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(stats[b].mlp_grad_zero[r].numpy(), mlp[:, 0], rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(stats[b].mlp_grad_reset[r].numpy(), mlp[:, 1], rtol=1e-7, atol=1e-9)
+    # Q' is MedCore's Q computed on G + D, alpha included
+    plus = [BlockStats(s.head_zero + s.head_grad_zero, s.head_reset + s.head_grad_reset, s.mlp_zero + s.mlp_grad_zero,
+                       s.mlp_reset + s.mlp_grad_reset, s.sensitivity) for s in stats]
+    for got, want in zip(medcore_scores(stats, first_order=True), medcore_scores(plus), strict=True):
+        torch.testing.assert_close(got.head_q, want.head_q)
+        torch.testing.assert_close(got.mlp_q, want.mlp_q)
+        assert got.alpha == want.alpha
+    with pytest.raises(ValueError, match="first_order"):
+        medcore_scores(block_statistics(target, fm, fs, src), first_order=True)
 
 
 def test_without_source_alpha_is_one_and_q_is_dzero(setting):

@@ -82,7 +82,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--allocation", type=click.Choice(["count", "even", "sensitivity"]), default="count", show_default=True,
               help="How removals are shared among blocks: the same fraction of each (even), the same number "
                    "from each (count, which strips narrow blocks first) or MedCore's 1/s_b (sensitivity; "
-                   "medcore and boundary-fisher only).")
+                   "Fisher importances only: medcore, medcore-grad, boundary-fisher).")
 @click.option("--distill-steps", type=click.IntRange(min=0), default=None,
               help="Distillation steps towards the dense model's cached outputs after pruning "
                    "[default: 0; 0 without --data].")
