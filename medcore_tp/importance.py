@@ -284,6 +284,8 @@ class MedCoreImportance(PerGroupImportance):
     Groups rooted anywhere else than a block's attention or MLP layers get ``None`` (skipped).
     """
 
+    first_order = False  # add the first-order terms Gzero / Greset (FirstOrderMedCoreImportance)
+
     def __init__(
         self,
         model: nn.Module,
@@ -291,11 +293,10 @@ class MedCoreImportance(PerGroupImportance):
         weights: Sequence[float] | None = None,
         alpha: str | float = "auto",
         beta: float = DEFAULT_BETA,
-        first_order: bool = False,
     ) -> None:
         if not (alpha == "auto" or (isinstance(alpha, (int, float)) and 0.0 <= float(alpha) <= 1.0)):
             raise ValueError(f"alpha must be 'auto' or a number in [0, 1], got {alpha!r}")
-        self.scores = medcore_scores(stats, weights=weights, alpha=alpha, beta=beta, first_order=first_order)
+        self.scores = medcore_scores(stats, weights=weights, alpha=alpha, beta=beta, first_order=self.first_order)
         super().__init__(model, [s.head_q for s in self.scores], [s.mlp_q for s in self.scores])
 
 
@@ -316,12 +317,4 @@ class FirstOrderMedCoreImportance(MedCoreImportance):
     """MedCore's Q with the first-order term the paper drops (``medcore-grad``): alpha (Gzero + Dzero)
     + (1 - alpha) (Greset + Dreset), signed, aggregated over datasets; needs statistics with gradients."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        stats: Sequence[BlockStats],
-        weights: Sequence[float] | None = None,
-        alpha: str | float = "auto",
-        beta: float = DEFAULT_BETA,
-    ) -> None:
-        super().__init__(model, stats, weights=weights, alpha=alpha, beta=beta, first_order=True)
+    first_order = True
