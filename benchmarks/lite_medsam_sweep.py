@@ -5,7 +5,7 @@
 (least-squares refit, equal-count allocation, 100 recovery steps per stage), ``refit``, the refit
 alone, or ``progressive`` / ``progressive-dense`` (MedCore at 50% only: 4 progressive stages of 50
 recovery steps, towards the model as each stage starts / the dense model) or ``long`` (MedCore at 50%,
-the default with 200 recovery steps per stage) or ``default200`` (what ``prune --data`` does now,
+the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery) or ``default200`` (what ``prune --data`` does now,
 200 recovery steps per stage, MedCore and Taylor at 0.5, 0.3, 0.6; its MedCore 50% point is ``long``'s). ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
 folders in ``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only).
 Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
@@ -20,7 +20,7 @@ sessions: collecting also keeps each finished point's records (``point.json``, `
 ``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
 ``--sweep`` folder that lacks them, so that the sweep resumes after them.
 
-Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long] [--run] [--sweep out/sweep-lite]
+Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300] [--run] [--sweep out/sweep-lite]
 [--leverage out/leverage-lite] [--no-leverage]``
 """
 
@@ -62,10 +62,28 @@ RECIPES = {
     # the default with twice the recovery steps (2 x 200), MedCore at 50% only
     "long": ("lite_medsam_long", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "200",
                                   "--refit", "dense", "--allocation", "count", "--calib-size", "16", "--repeats", "1"]),
+    # "long" recovering towards the dense model in both stages (the MLP stage's teacher is then the
+    # dense model, not the head-pruned and recovered one)
+    "long-dense": ("lite_medsam_long_dense", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "200",
+                                              "--recover-teacher", "dense", "--refit", "dense", "--allocation", "count",
+                                              "--calib-size", "16", "--repeats", "1"]),
+    # "long" with MedCore's score plus the first-order term the paper drops
+    "long-grad": ("lite_medsam_long_grad", ["--ratios", "0.5", "--importances", "medcore-grad", "--recover-steps", "200",
+                                            "--refit", "dense", "--allocation", "count", "--calib-size", "16",
+                                            "--repeats", "1"]),
+    # the refit, then 300 distillation steps (batch 2, cosine from lr 1e-4) of the 50% model towards the
+    # dense one on the mirrored calibration images, no recovery between the stages
+    "distill300": ("lite_medsam_distill300", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "0",
+                                              "--distill-steps", "300", "--distill-lr", "1e-4", "--refit", "dense",
+                                              "--allocation", "count", "--calib-size", "16", "--repeats", "1"]),
     # the default with --data today (2 x 200 recovery steps), MedCore and Taylor at the default's ratios;
     # its MedCore 50% point is the "long" recipe's (same settings), restored from that record
     "default200": ("lite_medsam_default200", ["--ratios", "0.5,0.3,0.6", "--importances", "medcore,taylor",
                                               "--recover-steps", "200", "--refit", "dense", "--allocation", "count",
+                                              "--calib-size", "16", "--repeats", "1"]),
+    # the refit alone at 50%: MedCore against MedCore with the first-order term, and Taylor
+    "refit-grad": ("lite_medsam_refit_grad", ["--ratios", "0.5", "--importances", "medcore,medcore-grad,taylor",
+                                              "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
                                               "--calib-size", "16", "--repeats", "1"]),
     # the least-squares refit alone, no gradient steps
     "refit": ("lite_medsam", ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore",
