@@ -153,7 +153,7 @@ class PruneConfig:
     ``stage`` (the model as the stage starts, before its removal) or ``dense`` (the dense model).
     """
 
-    importance: str = "medcore"
+    importance: str = "refit"
     ratios: RatioRequest = field(default_factory=lambda: RatioRequest(ratio=0.6))
     data: tuple[str, ...] = ()
     data_weights: tuple[float, ...] | None = None

@@ -28,6 +28,9 @@ def _error(res) -> str:
     return lines[0]
 
 
+MEDCORE = ("--importance", "medcore")  # the tests of MedCore's own importance name it: the default is refit
+
+
 @pytest.fixture
 def checkpoints(tmp_path):
     torch.manual_seed(0)
@@ -46,7 +49,7 @@ def checkpoints(tmp_path):
 def test_medcore_with_source_on_two_polyp_sets(tmp_path, checkpoints):
     target, source = checkpoints
     out = tmp_path / "out"
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--source-checkpoint", source,
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--source-checkpoint", source,
               "--data", f"{SHARED / 'kvasir-seg-256'},{SHARED / 'cvc-clinicdb-256'}", "--data-weights", "0.4,0.6",
               "--ratio", 0.5, "--calib-size", 6, "--batch-size", 4, "--no-progress", "--out", out)
     assert res.exit_code == 0, res.output
@@ -73,10 +76,11 @@ def test_medcore_with_source_on_two_polyp_sets(tmp_path, checkpoints):
 
 def test_without_source_says_only_dzero(tmp_path, checkpoints):
     target, _ = checkpoints
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--calib-size", 2,
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--calib-size", 2,
               "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "only Dzero is available, alpha = 1" in res.output and "SYNTHETIC" in res.output
+    assert "(the default)" not in res.output  # an importance the user chose is not announced as a default
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["source_model_used"] is False and s["alpha_per_block"] == [1.0] * 4
 
@@ -101,7 +105,7 @@ def test_boundary_fisher_importance(tmp_path, checkpoints):
 )
 def test_bad_options(tmp_path, checkpoints, args, message):
     target, _ = checkpoints
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--out", tmp_path / "o", *args)
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--out", tmp_path / "o", *args)
     assert message in _error(res)
     assert not (tmp_path / "o").exists()
 
@@ -109,7 +113,7 @@ def test_bad_options(tmp_path, checkpoints, args, message):
 def test_data_folder_that_does_not_qualify(tmp_path, checkpoints):
     target, _ = checkpoints
     (tmp_path / "bad" / "images").mkdir(parents=True)
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", tmp_path / "bad",
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", tmp_path / "bad",
               "--out", tmp_path / "o")
     assert "has no 'masks/' folder" in _error(res)
     assert not (tmp_path / "o").exists()
@@ -119,7 +123,7 @@ def test_source_of_another_architecture(tmp_path, checkpoints):
     target, _ = checkpoints
     other = tmp_path / "other.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, other)
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--source-checkpoint", other, "--ratio", 0.3,
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--source-checkpoint", other, "--ratio", 0.3,
               "--out", tmp_path / "o")
     assert "--source-checkpoint: checkpoint" in _error(res) and "does not match tiny" in res.output
 
@@ -127,7 +131,7 @@ def test_source_of_another_architecture(tmp_path, checkpoints):
 @needs_data
 def test_calib_size_above_what_exists_uses_all(tmp_path, checkpoints):
     target, _ = checkpoints
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", SHARED / "kvasir-seg",
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", target, "--ratio", 0.3, "--data", SHARED / "kvasir-seg",
               "--calib-size", 50, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "--calib-size 50: kvasir-seg has 3 training images, using all of them" in res.output
@@ -139,7 +143,7 @@ def test_every_gradient_non_finite_writes_nothing(tmp_path):
     broken = build_model("tiny").state_dict()
     broken["image_encoder.blocks.0.mlp.lin1.weight"][0, 0] = float("nan")
     torch.save(broken, tmp_path / "nan.pth")
-    res = run("prune", "--recover-steps", 0, "--model", "tiny", "--checkpoint", tmp_path / "nan.pth", "--ratio", 0.3, "--calib-size", 2,
+    res = run("prune", *MEDCORE, "--recover-steps", 0, "--model", "tiny", "--checkpoint", tmp_path / "nan.pth", "--ratio", 0.3, "--calib-size", 2,
               "--no-progress", "--out", tmp_path / "o")
     assert "all 2 samples gave non-finite gradients" in _error(res)
     assert not (tmp_path / "o").exists()
@@ -148,7 +152,7 @@ def test_every_gradient_non_finite_writes_nothing(tmp_path):
 @needs_data
 def test_cascade_with_recovery_records_loss_curves(tmp_path, checkpoints):
     target, _ = checkpoints
-    res = run("prune", "--model", "tiny", "--checkpoint", target, "--ratio", 0.4, "--data", SHARED / "kvasir-seg-256",
+    res = run("prune", *MEDCORE, "--model", "tiny", "--checkpoint", target, "--ratio", 0.4, "--data", SHARED / "kvasir-seg-256",
               "--calib-size", 4, "--recover-steps", 3, "--recover-lr", 3e-4, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     rec = json.loads((tmp_path / "o" / "summary.json").read_text())["recovery"]
@@ -162,6 +166,7 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
               "--recover-steps", 2, "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert "measured on built-in SYNTHETIC set (8 images" in res.output
+    assert "importance: refit (the default): what removing a group costs after the least-squares refit" in res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     # TinyViT's stages have groups of different sizes: the sensitivity-weighted allocation still lands on R
     assert abs(summary["encoder_params_removed_fraction"] - 0.05) <= 0.005

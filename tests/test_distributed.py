@@ -63,7 +63,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 def test_two_processes_match_one(tmp_path):
     data = write_synthetic_dataset(tmp_path / "synth", n=16, size=64, seed=5)
-    args = ["prune", "--recover-steps", "0", "--model", "tiny", "--random-init", "--ratio", "0.5",
+    args = ["prune", "--importance", "medcore", "--recover-steps", "0", "--model", "tiny", "--random-init", "--ratio", "0.5",
             "--data", str(data), "--calib-size", "7", "--no-progress"]
     subprocess.run([sys.executable, "-m", "medcore_tp", *args, "--out", str(tmp_path / "one")], check=True,
                    capture_output=True)

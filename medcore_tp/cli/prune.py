@@ -27,7 +27,7 @@ from medcore_tp.cli._common import (
 from medcore_tp.data import load_datasets
 from medcore_tp.distributed import init_from_env, is_main, world_size
 from medcore_tp.errors import MedcoreError
-from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, IMPORTANCE_NAMES
+from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, IMPORTANCE_NAMES, importance_entry
 from medcore_tp.maskcheck import check_masks
 from medcore_tp.models import MODEL_NAMES, build_model
 from medcore_tp.outdir import RunFolder
@@ -58,7 +58,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @mask_threshold_option
 @click.option("--ratio", type=float, default=None,
               help="Fraction of encoder parameters to remove (0.6 = paper); not together with --heads-ratio/--mlp-ratio.")
-@click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="medcore", show_default=True)
+@click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="refit", show_default=True)
 @click.option("--heads-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL heads to remove.")
 @click.option("--mlp-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL MLP channels to remove.")
 @click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
@@ -132,6 +132,10 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         else:
             recover_steps = QUICK_RECOVER_STEPS if quick else DATA_RECOVER_STEPS
     report = quick if report is None else report
+    if click.get_current_context().get_parameter_source("importance") == click.core.ParameterSource.DEFAULT:
+        log(f"importance: {importance} (the default): {importance_entry(importance).description}; "
+            "--importance chooses another")
+        decisions.append(f"importance {importance} (the default)")
     config = PruneConfig(
         importance=importance,
         ratios=RatioRequest(ratio, heads_ratio, mlp_ratio, None if protect is None else tuple(protect)),

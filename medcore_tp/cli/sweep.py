@@ -34,7 +34,7 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--eval-images", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N images of the split of each folder [all].")
 @click.option("--ratios", default="0.1,0.3,0.5,0.6", show_default=True, help="Fractions of encoder parameters.")
-@click.option("--importances", default="medcore,taylor,magnitude,random", show_default=True)
+@click.option("--importances", default="refit,medcore,taylor,magnitude,random", show_default=True)
 @click.option("--recover-steps", type=click.IntRange(min=0), default=200, show_default=True,
               help="Recovery steps after each pruning stage (0: none).")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
