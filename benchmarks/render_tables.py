@@ -215,7 +215,8 @@ def render(text: str) -> str:
             raise SystemExit(f"unknown table {name!r}; known: {', '.join(TABLES)}")
         return f"<!-- table:{name} -->\n{TABLES[name]()}\n<!-- /table:{name} -->"
 
-    return re.sub(r"<!-- table:(\S+) -->\n.*?\n<!-- /table:\1 -->", one, text, flags=re.S)
+    # an empty pair of markers (a table just added to a page) is filled too
+    return re.sub(r"<!-- table:(\S+) -->\n(?:.*?\n)?<!-- /table:\1 -->", one, text, flags=re.S)
 
 
 def main() -> int:

@@ -28,3 +28,15 @@ def test_a_hand_edited_number_is_put_back_from_the_results(monkeypatch):
     edited = page.replace(row, row.replace("| torch |", "| torch (typed) |", 1))
     assert edited != page
     assert rt.render(edited) == page
+
+
+def test_an_empty_pair_of_markers_is_filled(monkeypatch):
+    # a table just added to a page has nothing between its markers; --check must not pass it as it is
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import render_tables as rt
+
+    page = (ROOT / "README.md").read_text()
+    start = page.index("<!-- table:deploy -->") + len("<!-- table:deploy -->\n")
+    end = page.index("<!-- /table:deploy -->")
+    emptied = page[:start] + page[end:]
+    assert rt.render(emptied) == page
