@@ -10,10 +10,11 @@ point and its pruned points, on the kvasir-seg-256 + cvc-clinicdb-256 test split
 Per modality and metric: the dense and the pruned mean, the relative change pruned / dense - 1 (images
 resampled in pairs), and the difference of the relative changes CT - polyps with a bootstrap 95%
 interval (the two sets resampled independently); a negative difference means CT loses more. Writes
-``benchmarks/results/cross_modality_<machine>.csv`` and ``..._machine.json`` and prints the table.
+``benchmarks/results/<name>_<machine>.csv`` (``--name``, default ``cross_modality``), ``..._paired.csv``
+(the points against each other on CT) and ``..._machine.json`` and prints the table.
 
 Usage: ``python benchmarks/cross_modality.py --sweep out/sweep --point medcore-0.5 [--point ...]
-[--work out/cross_modality]``
+[--work out/cross_modality] [--name cross_modality]``
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--sweep", required=True, help="a medcore-tp sweep folder on the polyp test splits")
     ap.add_argument("--point", action="append", required=True, help="a pruned point of --sweep, e.g. medcore-0.5")
     ap.add_argument("--work", default="out/cross_modality", help="scratch folder (CT pairs and evaluations)")
+    ap.add_argument("--name", default="cross_modality", help="result file prefix under benchmarks/results")
     args = ap.parse_args()
     ct = os.path.join(args.work, "ct-structures")
     if not os.path.isdir(ct):
@@ -114,12 +116,12 @@ def main() -> None:
                               "ci_low": diff.low, "ci_high": diff.high})
     tag = machine_tag("cpu")
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"cross_modality_{tag}.csv")
-    for file, table in ((path, rows), (os.path.join(RESULTS, f"cross_modality_{tag}_paired.csv"), pairs)):
+    path = os.path.join(RESULTS, f"{args.name}_{tag}.csv")
+    for file, table in ((path, rows), (os.path.join(RESULTS, f"{args.name}_{tag}_paired.csv"), pairs)):
         if table:
             write_rows(file, table)
     save_json({"machine": machine_info("cpu"), "sweep": os.path.abspath(args.sweep), "points": args.point,
-               "resamples": RESAMPLES}, os.path.join(RESULTS, f"cross_modality_{tag}_machine.json"))
+               "resamples": RESAMPLES}, os.path.join(RESULTS, f"{args.name}_{tag}_machine.json"))
     with open(path, newline="") as f:
         print(cross_table(list(csv.DictReader(f))))
     for r in pairs:
