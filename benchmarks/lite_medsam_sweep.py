@@ -5,7 +5,7 @@
 (least-squares refit, equal-count allocation, 100 recovery steps per stage), ``refit``, the refit
 alone, or ``progressive`` / ``progressive-dense`` (MedCore at 50% only: 4 progressive stages of 50
 recovery steps, towards the model as each stage starts / the dense model) or ``long`` (MedCore at 50%,
-the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery; ``refit-obs`` / ``default-obs`` / ``long-obs``: the ``refit`` importance, refit alone at 0.5, 0.3, 0.6 / with 2 x 100 / 2 x 200 recovery steps at 0.5; ``default-obs30``: 2 x 100 at 0.3; ``refit-ct``: the refit alone at 0.5 for ``refit``, MedCore, Taylor and random in one sweep, whose models ``cross_modality.py`` evaluates on CT) or ``default200`` (what ``prune --data`` does now,
+the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery; ``refit-obs`` / ``default-obs`` / ``long-obs``: the ``refit`` importance, refit alone at 0.5, 0.3, 0.6 / with 2 x 100 / 2 x 200 recovery steps at 0.5; ``default-obs-ratios``: 2 x 100 at 0.3 and 0.6; ``default-obs-all``: 2 x 100 at 0.5 calibrated and recovered on all 120 training images instead of 32; ``refit-ct``: the refit alone at 0.5 for ``refit``, MedCore, Taylor and random in one sweep, whose models ``cross_modality.py`` evaluates on CT) or ``default200`` (what ``prune --data`` does now,
 200 recovery steps per stage, MedCore and Taylor at 0.5, 0.3, 0.6; its MedCore 50% point is ``long``'s). ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
 folders in ``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only).
 Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
@@ -20,7 +20,7 @@ sessions: collecting also keeps each finished point's records (``point.json``, `
 ``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
 ``--sweep`` folder that lacks them, so that the sweep resumes after them.
 
-Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300|refit-obs|default-obs|default-obs30|refit-ct|long-obs] [--run] [--sweep out/sweep-lite]
+Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300|refit-obs|default-obs|default-obs-ratios|default-obs-all|refit-ct|long-obs] [--run] [--sweep out/sweep-lite]
 [--leverage out/leverage-lite] [--no-leverage]``
 """
 
@@ -88,8 +88,13 @@ RECIPES = {
     "refit-ct": ("lite_medsam_refit_ct", ["--ratios", "0.5", "--importances", "refit,medcore,taylor,random",
                                           "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
                                           "--calib-size", "16", "--repeats", "1"]),
-    # ... the same at 30%
-    "default-obs30": ("lite_medsam_default_obs30", ["--ratios", "0.3", "--importances", "refit", "--recover-steps", "100",
+    # ... with every training image of the two datasets (60 each) as calibration and recovery pool
+    "default-obs-all": ("lite_medsam_default_obs_all", ["--ratios", "0.5", "--importances", "refit", "--recover-steps",
+                                                        "100", "--refit", "dense", "--allocation", "count",
+                                                        "--calib-size", "60", "--repeats", "1"]),
+    # ... the same at 30% and 60%
+    "default-obs-ratios": ("lite_medsam_default_obs_ratios", ["--ratios", "0.3,0.6", "--importances", "refit",
+                                                              "--recover-steps", "100",
                                                     "--refit", "dense", "--allocation", "count", "--calib-size", "16",
                                                     "--repeats", "1"]),
     # ... and with 2 x 200 recovery steps at 50%
