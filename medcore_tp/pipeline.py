@@ -33,7 +33,7 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import Plan
 from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, FISHER_IMPORTANCES, importance_entry
 from medcore_tp.models.spec import input_spec
-from medcore_tp.monitor import BestState
+from medcore_tp.monitor import BestState, checks_for
 from medcore_tp.profile import count_params
 from medcore_tp.prune import prune_by_budget
 from medcore_tp.recipe import (
@@ -44,7 +44,7 @@ from medcore_tp.recipe import (
     statistics,
 )
 from medcore_tp.reconstruction import ReconstructionStatistics, collect_statistics, refit, refit_paired
-from medcore_tp.recovery import TeacherOutputs, hold_back, pool_loss, recover
+from medcore_tp.recovery import hold_back, recover
 from medcore_tp.refit_importance import RefitImportance, refit_ranks
 
 HELD_BACK = 4  # calibration images held back from recovery to measure it
@@ -383,13 +383,14 @@ def prune_scored(
             # A fixed held-back set measures whether recovery converges: the per-step loss follows
             # whichever image was drawn.
             train, held = hold_back(pool, HELD_BACK)
-            held_targets = TeacherOutputs(teacher, held)
-            held_before = pool_loss(model, held_targets) if held else None
             best = BestState()
             curve = recover(model, teacher, train, steps=steps, lr=config.recover_lr, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
-                            monitor=held, best=best)
-            held_after = pool_loss(model, held_targets) if held else None
+                            monitor=held, best=best, checks=checks_for(steps))
+            # the checks measured the loss too: the first one before any step, the kept one on the
+            # weights the encoder ends with
+            held_before = best.checks[0]["loss"] if held else None
+            held_after = next(c["loss"] for c in best.checks if c["step"] == best.kept_step) if held else None
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "lr": config.recover_lr, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
                              "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,

@@ -33,7 +33,7 @@ from medcore_tp.calibration import CalibrationBatch, single_samples, train_with_
 from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
 from medcore_tp.inference import decode_logits, input_size
 from medcore_tp.losses import morphological_band, recovery_loss
-from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps
+from medcore_tp.monitor import DEFAULT_CHECKS, BestState, check_steps, logit_quality
 
 
 def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
@@ -96,15 +96,17 @@ def recover(
     (or the dense model).
     ``batch_size`` is per process; the returned losses are means over each step's global batch.
     ``monitor`` (held-back samples with masks) and ``best`` (an empty :class:`BestState`): their
-    Dice / Boundary F1 is checked before the first step and ``checks`` times along the run, and the
-    encoder ends with the weights of the best check when the last one is clearly worse
-    (:class:`medcore_tp.monitor.BestState`; every process computes the same checks).
+    Dice / Boundary F1 and recovery loss (:func:`held_back_check`) are checked before the first step
+    and ``checks`` times along the run, and the encoder ends with the weights of the best check when
+    the last one is clearly worse (:class:`medcore_tp.monitor.BestState`; every process computes the
+    same checks).
     """
     if steps <= 0:
         return []
     watch = monitor is not None and best is not None and len(monitor) > 0
     check_at = check_steps(steps, checks) if watch else set()
     targets = TeacherOutputs(teacher, pool)
+    held = TeacherOutputs(teacher, monitor) if watch else None
     weights = sampling_weights(targets.masks)
     gen = torch.Generator().manual_seed(seed)
     world = world_size()
@@ -119,7 +121,7 @@ def recover(
     device = next(encoder.parameters()).device
     was_training = model.training
     if watch:
-        best.check(0, model, monitor)
+        best.offer(0, held_back_check(model, held), encoder)
     train_with_frozen_norms(model)
     trained = data_parallel(encoder)
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
@@ -132,7 +134,8 @@ def recover(
             optimizer.step()
             losses[step] = loss.detach() / world
             if step + 1 in check_at:
-                best.check(step + 1, model, monitor)
+                best.offer(step + 1, held_back_check(model, held), encoder)
+                train_with_frozen_norms(model)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -147,12 +150,35 @@ def recover(
 def sample_loss(model: nn.Module, targets: TeacherOutputs, encoder: torch.nn.Module | None, idx: Sequence[int]) -> torch.Tensor:
     """Recovery loss of ``model`` (its encoder run as ``encoder``, e.g. DDP-wrapped; ``None``: its own)
     on the samples ``idx`` of ``targets``, against their teacher outputs (computed on first use)."""
+    return _loss_and_logits(model, targets, encoder, idx)[0]
+
+
+def _loss_and_logits(model: nn.Module, targets: TeacherOutputs, encoder: torch.nn.Module | None,
+                     idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(model.parameters()).device
     t_emb, t_logits = targets.get(idx)
     x, box, m = targets.images[idx].to(device), targets.boxes[idx].to(device), targets.masks[idx].to(device)
     emb = (encoder or model.image_encoder)(x)
-    loss, _ = recovery_loss(decode_logits(model, emb, box), t_logits, emb, t_emb, m, input_size(model))
-    return loss
+    logits = decode_logits(model, emb, box)
+    loss, _ = recovery_loss(logits, t_logits, emb, t_emb, m, input_size(model))
+    return loss, logits
+
+
+@torch.no_grad()
+def held_back_check(model: nn.Module, targets: TeacherOutputs) -> dict[str, float]:
+    """Dice, Boundary F1 and their mean (``score``, :func:`medcore_tp.monitor.logit_quality`) of
+    ``model`` on every sample of ``targets``, and its mean recovery loss there (``loss``, as
+    :func:`pool_loss`), from one forward pass per sample (eval mode; the train/eval state is restored)."""
+    was = model.training
+    model.eval()
+    try:
+        pairs = [_loss_and_logits(model, targets, None, [i]) for i in range(len(targets))]
+    finally:
+        model.train(was)
+    if not pairs:
+        raise ValueError("targets: no sample to measure")
+    quality = logit_quality(torch.cat([z for _, z in pairs]), targets.masks)
+    return {**quality, "loss": sum(float(loss) for loss, _ in pairs) / len(pairs)}
 
 
 def hold_back(pool: Sequence[CalibrationBatch], n: int) -> tuple[list[CalibrationBatch], list[CalibrationBatch]]:

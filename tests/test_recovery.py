@@ -12,7 +12,14 @@ from medcore_tp.calibration import calibration_sets, synthetic_batch
 from medcore_tp.inference import decode_logits
 from medcore_tp.models import input_spec
 from medcore_tp.paths import data_root
-from medcore_tp.recovery import TeacherOutputs, pool_loss, recover, recovery_loss, sampling_weights
+from medcore_tp.recovery import (
+    TeacherOutputs,
+    held_back_check,
+    pool_loss,
+    recover,
+    recovery_loss,
+    sampling_weights,
+)
 
 SHARED = data_root()  # $MEDCORE_DATA, else ../shared/data
 
@@ -81,6 +88,36 @@ def test_recovery_with_a_monitor_ends_at_the_check_it_keeps(tiny_model):
     assert best.score == max(scores)
     kept = next(c for c in best.checks if c["step"] == best.kept_step)
     assert held_back_quality(tiny_model, held)["score"] == pytest.approx(kept["score"])
+    # each check measured the held-back loss of the weights it saw, so the kept one is the end's
+    tiny_model.eval()
+    assert pool_loss(tiny_model, TeacherOutputs(teacher, held)) == pytest.approx(kept["loss"], rel=1e-5)
+
+
+def test_held_back_check_is_the_quality_and_the_loss_of_one_pass(tiny_model):
+    from medcore_tp.monitor import held_back_quality
+
+    spec = input_spec(tiny_model)
+    held = [synthetic_batch(2, spec, seed=3), synthetic_batch(1, spec, seed=4)]
+    teacher = copy.deepcopy(tiny_model)
+    prepare_pruning(tiny_model)
+    apply_plan(tiny_model.image_encoder, {b: BlockPlan(heads=(0,), mlp=tuple(range(64))) for b in range(4)})
+    targets = TeacherOutputs(teacher, held)
+    tiny_model.train()
+    check = held_back_check(tiny_model, targets)
+    assert tiny_model.training  # the state it had
+    quality = held_back_quality(tiny_model, held)
+    for key in ("dice", "boundary_f1", "score"):
+        assert check[key] == pytest.approx(quality[key], abs=1e-12), key
+    tiny_model.eval()
+    assert check["loss"] == pytest.approx(pool_loss(tiny_model, targets), rel=1e-6)
+    with pytest.raises(ValueError, match="targets"):
+        held_back_check(tiny_model, TeacherOutputs(teacher, []))
+
+
+def test_short_runs_get_one_check_per_ten_steps():
+    from medcore_tp.monitor import DEFAULT_CHECKS, checks_for
+
+    assert [checks_for(n) for n in (1, 9, 10, 20, 35, 40, 200)] == [1, 1, 1, 2, 3, DEFAULT_CHECKS, DEFAULT_CHECKS]
 
 
 def test_cached_teacher_outputs_equal_recomputed_ones_and_are_computed_once(tiny_model):
