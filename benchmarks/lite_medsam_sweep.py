@@ -42,78 +42,56 @@ from medcore_tp.atomic import save_json  # noqa: E402
 from medcore_tp.paths import data_root  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-# Both on the full test splits (20 images per dataset), 16 calibration images per dataset (prune's
-# default with --data is 128), 1 latency repeat: (result-file prefix, sweep arguments).
+
+
+def _recipe(prefix: str, ratios: str, importances: str, steps: int, *extra: str, calib: int = 16) -> tuple[str, list[str]]:
+    """(result-file prefix, sweep arguments): the least-squares refit from the dense statistics,
+    equal-count allocation, ``calib`` calibration images per dataset, ``steps`` recovery steps per stage."""
+    return prefix, ["--ratios", ratios, "--importances", importances, "--recover-steps", str(steps), *extra,
+                    "--refit", "dense", "--allocation", "count", "--calib-size", str(calib), "--repeats", "1"]
+
+
+# All on the full test splits (20 images per dataset), 16 calibration images per dataset unless said
+# (prune's default with --data is 128), 1 latency repeat.
 RECIPES = {
-    # what prune --data does after each cascade stage: refit, then 100 recovery steps
-    "default": ("lite_medsam_default", ["--ratios", "0.5,0.3,0.6", "--importances", "medcore,taylor,random",
-                                        "--recover-steps", "100", "--refit", "dense", "--allocation", "count",
-                                        "--calib-size", "16", "--repeats", "1"]),
+    # what prune --data did after each cascade stage: refit, then 100 recovery steps
+    "default": _recipe("lite_medsam_default", "0.5,0.3,0.6", "medcore,taylor,random", 100),
     # progressive: 4 stages of about a quarter of every block's removals, 50 steps after each (the
     # default's 200 steps in all), recovering towards the model as each stage starts ...
-    "progressive": ("lite_medsam_progressive", ["--ratios", "0.5", "--importances", "medcore", "--prune-steps", "4",
-                                                "--recover-steps", "50", "--refit", "dense", "--allocation", "count",
-                                                "--calib-size", "16", "--repeats", "1"]),
+    "progressive": _recipe("lite_medsam_progressive", "0.5", "medcore", 50, "--prune-steps", "4"),
     # ... or towards the dense model
-    "progressive-dense": ("lite_medsam_progressive_dense",
-                          ["--ratios", "0.5", "--importances", "medcore", "--prune-steps", "4", "--recover-steps", "50",
-                           "--recover-teacher", "dense", "--refit", "dense", "--allocation", "count",
-                           "--calib-size", "16", "--repeats", "1"]),
+    "progressive-dense": _recipe("lite_medsam_progressive_dense", "0.5", "medcore", 50, "--prune-steps", "4",
+                                 "--recover-teacher", "dense"),
     # the default with twice the recovery steps (2 x 200), MedCore at 50% only
-    "long": ("lite_medsam_long", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "200",
-                                  "--refit", "dense", "--allocation", "count", "--calib-size", "16", "--repeats", "1"]),
+    "long": _recipe("lite_medsam_long", "0.5", "medcore", 200),
     # "long" recovering towards the dense model in both stages (the MLP stage's teacher is then the
     # dense model, not the head-pruned and recovered one)
-    "long-dense": ("lite_medsam_long_dense", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "200",
-                                              "--recover-teacher", "dense", "--refit", "dense", "--allocation", "count",
-                                              "--calib-size", "16", "--repeats", "1"]),
+    "long-dense": _recipe("lite_medsam_long_dense", "0.5", "medcore", 200, "--recover-teacher", "dense"),
     # "long" with MedCore's score plus the first-order term the paper drops
-    "long-grad": ("lite_medsam_long_grad", ["--ratios", "0.5", "--importances", "medcore-grad", "--recover-steps", "200",
-                                            "--refit", "dense", "--allocation", "count", "--calib-size", "16",
-                                            "--repeats", "1"]),
+    "long-grad": _recipe("lite_medsam_long_grad", "0.5", "medcore-grad", 200),
     # the refit, then 300 distillation steps (batch 2, cosine from lr 1e-4) of the 50% model towards the
     # dense one on the mirrored calibration images, no recovery between the stages
-    "distill300": ("lite_medsam_distill300", ["--ratios", "0.5", "--importances", "medcore", "--recover-steps", "0",
-                                              "--distill-steps", "300", "--distill-lr", "1e-4", "--refit", "dense",
-                                              "--allocation", "count", "--calib-size", "16", "--repeats", "1"]),
+    "distill300": _recipe("lite_medsam_distill300", "0.5", "medcore", 0, "--distill-steps", "300",
+                          "--distill-lr", "1e-4"),
     # the refit-aware (structured OBS) importance: the refit alone at the default's ratios ...
-    "refit-obs": ("lite_medsam_refit_obs", ["--ratios", "0.5,0.3,0.6", "--importances", "refit", "--recover-steps", "0",
-                                            "--refit", "dense", "--allocation", "count", "--calib-size", "16",
-                                            "--repeats", "1"]),
+    "refit-obs": _recipe("lite_medsam_refit_obs", "0.5,0.3,0.6", "refit", 0),
     # ... with the earlier default's 2 x 100 recovery steps at 50% (against the "default" recipe's points) ...
-    "default-obs": ("lite_medsam_default_obs", ["--ratios", "0.5", "--importances", "refit", "--recover-steps", "100",
-                                                "--refit", "dense", "--allocation", "count", "--calib-size", "16",
-                                                "--repeats", "1"]),
-    # the refit alone at 50%, every importance in one sweep (its pruned models go to cross_modality.py)
-    "refit-ct": ("lite_medsam_refit_ct", ["--ratios", "0.5", "--importances", "refit,medcore,taylor,random",
-                                          "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
-                                          "--calib-size", "16", "--repeats", "1"]),
-    # ... with every training image of the two datasets (60 each) as calibration and recovery pool
-    "default-obs-all": ("lite_medsam_default_obs_all", ["--ratios", "0.5", "--importances", "refit", "--recover-steps",
-                                                        "100", "--refit", "dense", "--allocation", "count",
-                                                        "--calib-size", "60", "--repeats", "1"]),
-    # ... the same at 30% and 60%
-    "default-obs-ratios": ("lite_medsam_default_obs_ratios", ["--ratios", "0.3,0.6", "--importances", "refit",
-                                                              "--recover-steps", "100",
-                                                    "--refit", "dense", "--allocation", "count", "--calib-size", "16",
-                                                    "--repeats", "1"]),
+    "default-obs": _recipe("lite_medsam_default_obs", "0.5", "refit", 100),
+    # ... with every training image of the two datasets (60 each) as calibration and recovery pool ...
+    "default-obs-all": _recipe("lite_medsam_default_obs_all", "0.5", "refit", 100, calib=60),
+    # ... the same at 30% and 60% ...
+    "default-obs-ratios": _recipe("lite_medsam_default_obs_ratios", "0.3,0.6", "refit", 100),
     # ... and with 2 x 200 recovery steps at 50%
-    "long-obs": ("lite_medsam_long_obs", ["--ratios", "0.5", "--importances", "refit", "--recover-steps", "200",
-                                          "--refit", "dense", "--allocation", "count", "--calib-size", "16",
-                                          "--repeats", "1"]),
+    "long-obs": _recipe("lite_medsam_long_obs", "0.5", "refit", 200),
+    # the refit alone at 50%, every importance in one sweep (its pruned models go to cross_modality.py)
+    "refit-ct": _recipe("lite_medsam_refit_ct", "0.5", "refit,medcore,taylor,random", 0),
     # the default with --data today (2 x 200 recovery steps), MedCore and Taylor at the default's ratios;
     # its MedCore 50% point is the "long" recipe's (same settings), restored from that record
-    "default200": ("lite_medsam_default200", ["--ratios", "0.5,0.3,0.6", "--importances", "medcore,taylor",
-                                              "--recover-steps", "200", "--refit", "dense", "--allocation", "count",
-                                              "--calib-size", "16", "--repeats", "1"]),
+    "default200": _recipe("lite_medsam_default200", "0.5,0.3,0.6", "medcore,taylor", 200),
     # the refit alone at 50%: MedCore against MedCore with the first-order term, and Taylor
-    "refit-grad": ("lite_medsam_refit_grad", ["--ratios", "0.5", "--importances", "medcore,medcore-grad,taylor",
-                                              "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
-                                              "--calib-size", "16", "--repeats", "1"]),
+    "refit-grad": _recipe("lite_medsam_refit_grad", "0.5", "medcore,medcore-grad,taylor", 0),
     # the least-squares refit alone, no gradient steps
-    "refit": ("lite_medsam", ["--ratios", "0.5,0.3,0.6", "--importances", "random,taylor,medcore",
-                              "--recover-steps", "0", "--refit", "dense", "--allocation", "count",
-                              "--calib-size", "16", "--repeats", "1"]),
+    "refit": _recipe("lite_medsam", "0.5,0.3,0.6", "random,taylor,medcore", 0),
 }
 KEPT = ("point.json", "per_image.csv", "summary.json")
 LEVERAGE_ARGS = ["--images", "4", "--head-ratios", "0.3,0.6", "--mlp-ratios", "0.3,0.6,0.9", "--resamples", "1000"]
