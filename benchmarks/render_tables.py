@@ -89,6 +89,22 @@ def _from_csv(module: str, renderer: str, name: str) -> Callable[[], str]:
     return table
 
 
+def _recipe_tables(name: str) -> dict[str, Callable[[], str]]:
+    """The two tables of one ``benchmarks/lite_medsam_recipes.py --name NAME`` run: ``NAME`` (one row
+    per recipe) and ``NAME_paired`` (every recipe against the reference)."""
+    return {name: _from_csv("lite_medsam_recipes", "recipes_table", f"{name}_cpu2.csv"),
+            f"{name}_paired": _from_csv("lite_medsam_recipes", "paired_table", f"{name}_cpu2_paired.csv")}
+
+
+# the --name of every lite_medsam_recipes.py run whose tables README shows
+RECIPE_TABLES = (
+    "lite_medsam_recipes", "lite_medsam_recovery", "lite_medsam_recovery_lr", "lite_medsam_progressive",
+    "lite_medsam_recovery_steps", "lite_medsam_importance_refit", "lite_medsam_importance_refit100",
+    "lite_medsam_importance_refit_all", "lite_medsam_importance_refit100_r30",
+    "lite_medsam_importance_refit100_r60", "lite_medsam_importance_refit200",
+)
+
+
 def leverage() -> str:
     import lite_medsam_sweep as sw
 
@@ -175,45 +191,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "lite_medsam_sweep": _from_csv("lite_medsam_sweep", "sweep_table", "lite_medsam_sweep_cpu2.csv"),
     "lite_medsam_comparisons": _from_csv("lite_medsam_sweep", "comparison_table", "lite_medsam_comparisons_cpu2.csv"),
     "lite_medsam_leverage": leverage,
-    "lite_medsam_recipes": _from_csv("lite_medsam_recipes", "recipes_table", "lite_medsam_recipes_cpu2.csv"),
-    "lite_medsam_recipes_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                            "lite_medsam_recipes_cpu2_paired.csv"),
-    "lite_medsam_recovery": _from_csv("lite_medsam_recipes", "recipes_table", "lite_medsam_recovery_cpu2.csv"),
-    "lite_medsam_recovery_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                             "lite_medsam_recovery_cpu2_paired.csv"),
-    "lite_medsam_recovery_lr": _from_csv("lite_medsam_recipes", "recipes_table", "lite_medsam_recovery_lr_cpu2.csv"),
-    "lite_medsam_recovery_lr_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                "lite_medsam_recovery_lr_cpu2_paired.csv"),
-    "lite_medsam_progressive": _from_csv("lite_medsam_recipes", "recipes_table", "lite_medsam_progressive_cpu2.csv"),
-    "lite_medsam_progressive_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                "lite_medsam_progressive_cpu2_paired.csv"),
-    "lite_medsam_recovery_steps": _from_csv("lite_medsam_recipes", "recipes_table", "lite_medsam_recovery_steps_cpu2.csv"),
-    "lite_medsam_recovery_steps_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                   "lite_medsam_recovery_steps_cpu2_paired.csv"),
-    "lite_medsam_importance_refit": _from_csv("lite_medsam_recipes", "recipes_table",
-                                              "lite_medsam_importance_refit_cpu2.csv"),
-    "lite_medsam_importance_refit_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                     "lite_medsam_importance_refit_cpu2_paired.csv"),
-    "lite_medsam_importance_refit100": _from_csv("lite_medsam_recipes", "recipes_table",
-                                                 "lite_medsam_importance_refit100_cpu2.csv"),
-    "lite_medsam_importance_refit100_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                        "lite_medsam_importance_refit100_cpu2_paired.csv"),
-    "lite_medsam_importance_refit_all": _from_csv("lite_medsam_recipes", "recipes_table",
-                                                  "lite_medsam_importance_refit_all_cpu2.csv"),
-    "lite_medsam_importance_refit_all_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                         "lite_medsam_importance_refit_all_cpu2_paired.csv"),
-    "lite_medsam_importance_refit100_r30": _from_csv("lite_medsam_recipes", "recipes_table",
-                                                     "lite_medsam_importance_refit100_r30_cpu2.csv"),
-    "lite_medsam_importance_refit100_r30_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                            "lite_medsam_importance_refit100_r30_cpu2_paired.csv"),
-    "lite_medsam_importance_refit100_r60": _from_csv("lite_medsam_recipes", "recipes_table",
-                                                     "lite_medsam_importance_refit100_r60_cpu2.csv"),
-    "lite_medsam_importance_refit100_r60_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                            "lite_medsam_importance_refit100_r60_cpu2_paired.csv"),
-    "lite_medsam_importance_refit200": _from_csv("lite_medsam_recipes", "recipes_table",
-                                                 "lite_medsam_importance_refit200_cpu2.csv"),
-    "lite_medsam_importance_refit200_paired": _from_csv("lite_medsam_recipes", "paired_table",
-                                                        "lite_medsam_importance_refit200_cpu2_paired.csv"),
+    **{key: table for name in RECIPE_TABLES for key, table in _recipe_tables(name).items()},
     "export_parity": _from_csv("export_parity", "parity_table", "export_parity_cpu2.csv"),
     "cross_modality": _from_csv("cross_modality", "cross_table", "cross_modality_cpu2.csv"),
     "cross_modality_paired": _from_csv("cross_modality", "cross_paired_table", "cross_modality_cpu2_paired.csv"),

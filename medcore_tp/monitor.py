@@ -16,7 +16,7 @@ the input frame). The score that ranks checks is the mean of Dice and Boundary F
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,10 +104,14 @@ class BestState:
         self._state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         return True
 
-    def check(self, step: int, model: nn.Module, batches: Sequence[CalibrationBatch]) -> None:
-        """Measure ``model`` on ``batches`` (:func:`held_back_quality`) and :meth:`offer` its encoder; the
-        model goes back to training with frozen batch norms, as recovery and distillation train."""
-        self.offer(step, held_back_quality(model, batches), model.image_encoder)
+    def check(self, step: int, model: nn.Module,
+              held: Sequence[CalibrationBatch] | Callable[[nn.Module], dict[str, float]]) -> None:
+        """Measure ``model`` (``held``: held-back batches, measured by :func:`held_back_quality`, or a
+        function of the model that returns such a dict, e.g. with the loss too) and :meth:`offer` its
+        encoder; the model goes back to training with frozen batch norms, as recovery and distillation
+        train."""
+        quality = held(model) if callable(held) else held_back_quality(model, held)
+        self.offer(step, quality, model.image_encoder)
         train_with_frozen_norms(model)
 
     @property

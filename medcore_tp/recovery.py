@@ -24,6 +24,7 @@ same way on every rank and dealt out by rank, so N processes match one process w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -106,7 +107,7 @@ def recover(
     watch = monitor is not None and best is not None and len(monitor) > 0
     check_at = check_steps(steps, checks) if watch else set()
     targets = TeacherOutputs(teacher, pool)
-    held = TeacherOutputs(teacher, monitor) if watch else None
+    measure = partial(held_back_check, targets=TeacherOutputs(teacher, monitor)) if watch else None
     weights = sampling_weights(targets.masks)
     gen = torch.Generator().manual_seed(seed)
     world = world_size()
@@ -121,7 +122,7 @@ def recover(
     device = next(encoder.parameters()).device
     was_training = model.training
     if watch:
-        best.offer(0, held_back_check(model, held), encoder)
+        best.check(0, model, measure)
     train_with_frozen_norms(model)
     trained = data_parallel(encoder)
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
@@ -134,8 +135,7 @@ def recover(
             optimizer.step()
             losses[step] = loss.detach() / world
             if step + 1 in check_at:
-                best.offer(step + 1, held_back_check(model, held), encoder)
-                train_with_frozen_norms(model)
+                best.check(step + 1, model, measure)
     finally:
         for p in frozen:
             p.requires_grad_(True)
