@@ -60,9 +60,12 @@ class SdpaAttention(nn.Module):
         rh = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
         rw = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
         r_q = q.reshape(b, nh, h, w, d)
-        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
-        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
-        return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, nh, h * w, h * w)
+        # einsum hands back permuted strides, and a broadcast add of such inputs keeps them, which made
+        # the reshape below copy the whole (heads, N, N) mask (a third of a global block's time on CPU);
+        # contiguous (heads, N, side) factors make the sum contiguous and the reshape a view
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).contiguous()
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).contiguous()
+        return (bias_h[..., :, None] + bias_w[..., None, :]).view(b, nh, h * w, h * w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
