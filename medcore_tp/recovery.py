@@ -16,7 +16,12 @@ Each term is a mean over pixels (or embedding entries) of each sample, averaged 
 The teacher is frozen for the whole stage, so its embedding and logits are computed once per sample
 (:class:`TeacherOutputs`) the first time that sample is drawn: with 100 draws from about 30
 calibration images a step mostly costs one student forward + backward.
-Only the encoder trains (AdamW, lr 1e-5 unless told otherwise, weight decay 0). Under torchrun the encoder trains through
+Only the encoder's trunk trains (AdamW, lr 1e-5 unless told otherwise, weight decay 0): its stem (the
+layers before the first prunable block, ``Adapter.STEM_PREFIXES``: LiteMedSAM's patch embedding and
+MBConv stage, SAM ViT's patch and position embeddings) is never pruned, so recovery leaves it as it is,
+and while the student's stem equals the teacher's, each sample's stem output is computed once, with the
+teacher's outputs, and both models run from it (:meth:`TeacherOutputs.features`): on LiteMedSAM the
+stem is about two thirds of a full-resolution forward + backward. Under torchrun the encoder trains through
 DistributedDataParallel: each step's global batch (``batch_size`` x processes samples) is drawn the
 same way on every rank and dealt out by rank, so N processes match one process with N x the batch.
 """
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from medcore_tp.arch import adapter_for
 from medcore_tp.calibration import CalibrationBatch, single_samples, train_with_frozen_norms
 from medcore_tp.distributed import all_reduce_sum, data_parallel, is_main, my_share, world_size
 from medcore_tp.inference import decode_logits, input_size
@@ -45,17 +51,44 @@ def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
     return w if float(w.sum()) > 0 else torch.ones_like(w)
 
 
+def _stem_state(encoder: nn.Module) -> list[torch.Tensor]:
+    prefixes = adapter_for(encoder).STEM_PREFIXES
+    named = [*encoder.named_parameters(), *encoder.named_buffers()]
+    return [t for n, t in named if n.startswith(prefixes)]
+
+
+def same_stem(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two SAM-style models' encoder stems hold equal weights (so their stem outputs agree)."""
+    sa, sb = _stem_state(a.image_encoder), _stem_state(b.image_encoder)
+    return len(sa) == len(sb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+
+
+class StemTrunk(nn.Module):
+    """An encoder run from its stem's output (``Adapter.trunk_forward``), as a module (DDP wraps it)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self._adapter = adapter_for(encoder)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self._adapter.trunk_forward(self.encoder, features)
+
+
 class TeacherOutputs:
-    """A frozen teacher's image embedding and low-res logits for each sample of ``pool``, each computed
-    (image by image, in eval mode, without gradients) the first time it is asked for and kept on the
-    device it was computed on. Keeps references: it is valid while ``teacher`` does not change."""
+    """A frozen teacher's image embedding and low-res logits for each sample of ``pool``, with the
+    sample's stem output (:meth:`features`), each computed (image by image, in eval mode, without
+    gradients) the first time it is asked for and kept on the device it was computed on. Keeps
+    references: it is valid while ``teacher`` does not change."""
 
     def __init__(self, teacher: nn.Module, pool: Sequence[CalibrationBatch]):
         self.teacher = teacher.eval().requires_grad_(False)
+        self._adapter = adapter_for(teacher)
         self.images = torch.cat([b.images for b in pool]) if pool else torch.empty(0)
         self.boxes = torch.cat([b.boxes for b in pool]) if pool else torch.empty(0, 4)
         self.masks = torch.cat([b.masks for b in pool]) if pool else torch.empty(0)
         self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stems: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -66,13 +99,22 @@ class TeacherOutputs:
         return len(self._kept)
 
     @torch.no_grad()
-    def get(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings, low-res logits) of the samples ``idx``, in that order."""
+    def features(self, idx: Sequence[int]) -> torch.Tensor:
+        """The teacher's stem output for the samples ``idx`` (any model whose stem is the same, see
+        :func:`same_stem`, continues from it)."""
         device = next(self.teacher.parameters()).device
         for i in idx:
+            if i not in self._stems:
+                self._stems[i] = self._adapter.stem_forward(self.teacher.image_encoder, self.images[i : i + 1].to(device))
+        # one sample keeps the stem's own memory layout (a copy could change the trunk's float rounding)
+        return self._stems[idx[0]] if len(idx) == 1 else torch.cat([self._stems[i] for i in idx])
+
+    @torch.no_grad()
+    def get(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings, low-res logits) of the samples ``idx``, in that order."""
+        for i in idx:
             if i not in self._kept:
-                x = self.images[i : i + 1].to(device)
-                emb = self.teacher.image_encoder(x)
+                emb = self._adapter.trunk_forward(self.teacher.image_encoder, self.features([i]))
                 self._kept[i] = (emb, decode_logits(self.teacher, emb, self.boxes[i : i + 1]))
         return (torch.cat([self._kept[i][0] for i in idx]), torch.cat([self._kept[i][1] for i in idx]))
 
@@ -115,16 +157,18 @@ def recover(
     order = draws.view(steps, batch_size * world).tolist()
 
     encoder = model.image_encoder
-    frozen = [p for n, p in model.named_parameters() if not n.startswith("image_encoder.") and p.requires_grad]
+    stem = tuple(f"image_encoder.{p}" for p in adapter_for(model).STEM_PREFIXES)
+    frozen = [p for n, p in model.named_parameters() if (not n.startswith("image_encoder.") or n.startswith(stem))
+              and p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     device = next(encoder.parameters()).device
     was_training = model.training
     if watch:
         best.check(0, model, measure)
     train_with_frozen_norms(model)
-    trained = data_parallel(encoder)
+    trained = data_parallel(StemTrunk(encoder) if same_stem(model, teacher) else encoder)
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
     try:
         for step, batch in enumerate(tqdm(order, desc=description, disable=not (progress and is_main()), leave=False)):
@@ -148,8 +192,10 @@ def recover(
 
 
 def sample_loss(model: nn.Module, targets: TeacherOutputs, encoder: torch.nn.Module | None, idx: Sequence[int]) -> torch.Tensor:
-    """Recovery loss of ``model`` (its encoder run as ``encoder``, e.g. DDP-wrapped; ``None``: its own)
-    on the samples ``idx`` of ``targets``, against their teacher outputs (computed on first use)."""
+    """Recovery loss of ``model`` on the samples ``idx`` of ``targets``, against their teacher outputs
+    (computed on first use). ``encoder`` runs the student's encoder (e.g. DDP-wrapped): a
+    :class:`StemTrunk`, fed the cached stem outputs, or a whole encoder, fed the images; ``None``: the
+    model's own, from the cached stem outputs when its stem is the teacher's."""
     return _loss_and_logits(model, targets, encoder, idx)[0]
 
 
@@ -157,8 +203,11 @@ def _loss_and_logits(model: nn.Module, targets: TeacherOutputs, encoder: torch.n
                      idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(model.parameters()).device
     t_emb, t_logits = targets.get(idx)
-    x, box, m = targets.images[idx].to(device), targets.boxes[idx].to(device), targets.masks[idx].to(device)
-    emb = (encoder or model.image_encoder)(x)
+    box, m = targets.boxes[idx].to(device), targets.masks[idx].to(device)
+    if encoder is None:
+        encoder = StemTrunk(model.image_encoder) if same_stem(model, targets.teacher) else model.image_encoder
+    from_stem = isinstance(getattr(encoder, "module", encoder), StemTrunk)  # DDP keeps the wrapped one in .module
+    emb = encoder(targets.features(idx) if from_stem else targets.images[idx].to(device))
     logits = decode_logits(model, emb, box)
     loss, _ = recovery_loss(logits, t_logits, emb, t_emb, m, input_size(model))
     return loss, logits

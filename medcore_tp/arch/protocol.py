@@ -33,6 +33,17 @@ class Adapter(Protocol):
     def blocks(self, encoder: nn.Module) -> list[nn.Module]:
         """The prunable transformer blocks, in forward order."""
 
+    STEM_PREFIXES: tuple[str, ...]
+    """Parameter-name prefixes (in ``encoder.named_parameters()``) of the stem: the layers before the
+    first prunable block, which pruning never changes."""
+
+    def stem_forward(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The stem's output for ``images``: what the first prunable block receives."""
+
+    def trunk_forward(self, encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """The rest of the encoder from the stem's output: ``trunk_forward(e, stem_forward(e, x))`` is
+        ``e(x)``. Lets recovery run the stem once per image when it does not train it."""
+
     def prepare(self, encoder: nn.Module) -> nn.Module:
         """Make ``encoder`` traceable by Torch-Pruning, in place and idempotent; same function, same
         parameters and state-dict keys (applies the family's ``*_tp`` workarounds; docs/design.md)."""

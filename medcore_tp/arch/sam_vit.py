@@ -37,6 +37,22 @@ def blocks(encoder: ImageEncoderViT) -> list[Block]:
     return list(encoder.blocks)
 
 
+STEM_PREFIXES = ("patch_embed.", "pos_embed")
+
+
+def stem_forward(encoder: ImageEncoderViT, images: torch.Tensor) -> torch.Tensor:
+    """Patch embedding plus absolute position embedding: (B, H/16, W/16, C) tokens for the blocks."""
+    x = encoder.patch_embed(images)
+    return x if encoder.pos_embed is None else x + encoder.pos_embed
+
+
+def trunk_forward(encoder: ImageEncoderViT, features: torch.Tensor) -> torch.Tensor:
+    """The blocks and the neck, from :func:`stem_forward`'s tokens (as ``ImageEncoderViT.forward``)."""
+    for blk in encoder.blocks:
+        features = blk(features)
+    return encoder.neck(features.permute(0, 3, 1, 2))
+
+
 def prepare(encoder: ImageEncoderViT) -> ImageEncoderViT:
     """Swap each block's attention for :class:`PrunableAttention`, in place (idempotent)."""
     for block in encoder.blocks:

@@ -20,6 +20,8 @@ without it.
 
 from __future__ import annotations
 
+import math
+
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +75,25 @@ def blocks(encoder: nn.Module) -> list[nn.Module]:
 def block_stages(encoder: nn.Module) -> list[int]:
     """The stage (index into ``encoder.layers``) of each block."""
     return [s for s, _ in _locations(encoder)]
+
+
+STEM_PREFIXES = ("patch_embed.", "layers.0.")
+
+
+def stem_forward(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Convolutional patch embedding and the MBConv stage ``layers[0]`` (with its downsampling):
+    (B, tokens, C) for the first transformer stage."""
+    return encoder.layers[0](encoder.patch_embed(images))
+
+
+def trunk_forward(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Transformer stages ``layers[1:]`` and the neck, from :func:`stem_forward`'s tokens (as
+    TinyViT's ``forward_features``, which reshapes the last stage's tokens to a square grid)."""
+    for layer in encoder.layers[1:]:
+        features = layer(features)
+    b, n, c = features.shape
+    side = math.isqrt(n)
+    return encoder.neck(features.view(b, side, side, c).permute(0, 3, 1, 2))
 
 
 def prepare(encoder: nn.Module) -> nn.Module:
