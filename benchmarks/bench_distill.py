@@ -13,7 +13,11 @@ same student and batch, the recovery loss against the teacher's outputs, backwar
 recovery stage computes the teacher's outputs for a sample the first time it is drawn
 (:class:`~medcore_tp.recovery.TeacherOutputs`; 100 draws from about 30 calibration images): timed
 twice, with those outputs already computed (every later draw of the sample) and with the teacher run
-in the step (its first draw; before the cache, every step). A stage's mean step cost lies between
+in the step (its first draw; before the cache, every step). Recovery does not train the encoder's
+stem (the layers before the first prunable block): its output is cached with the teacher's, and the
+student's step runs the trunk only, so it is also timed against a plain forward + backward of the
+trunk and decoder from the same cached stem output (``plain_trunk_forward_backward``), the same work
+less the loss and the optimiser. A stage's mean step cost lies between
 the two: ``amortised`` gives it for the recoveries ``prune`` runs (pool of calibration images less the
 4 held back, steps per stage), from the expected share of first draws when ``steps`` draws are made
 with replacement from the pool; uniform draws are assumed, the most first draws any weighting gives.
@@ -40,6 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info, machine_tag  # noqa: E402
 
+from medcore_tp.arch import adapter_for  # noqa: E402
 from medcore_tp.calibration import synthetic_batch, train_with_frozen_norms  # noqa: E402
 from medcore_tp.checkpoint import load_model  # noqa: E402
 from medcore_tp.cli.prune import DATA_RECOVER_STEPS, QUICK_RECOVER_STEPS  # noqa: E402
@@ -47,7 +52,7 @@ from medcore_tp.distill import augmented_views, cache_teacher, student_loss  # n
 from medcore_tp.inference import decode_logits  # noqa: E402
 from medcore_tp.models.spec import input_spec  # noqa: E402
 from medcore_tp.pipeline import HELD_BACK, PruneConfig, RatioRequest, prune_scored, score_importance  # noqa: E402
-from medcore_tp.recovery import TeacherOutputs, sample_loss  # noqa: E402
+from medcore_tp.recovery import StemTrunk, TeacherOutputs, same_stem, sample_loss  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # (what runs it, calibration images in the recovery pool, recovery steps per stage)
@@ -94,12 +99,19 @@ def main() -> None:
 
     cached = TeacherOutputs(dense, [batch])
     cached.get(idx)
+    # recovery's own student: distillation above trains the stem too, recovery (recover()) does not
+    recovering = copy.deepcopy(student)
+    stem = tuple(f"image_encoder.{p}" for p in adapter_for(dense).STEM_PREFIXES)
+    for n, p in recovering.named_parameters():
+        p.requires_grad_(n.startswith("image_encoder.") and not n.startswith(stem))
+    recovery_optimizer = torch.optim.AdamW([p for p in recovering.parameters() if p.requires_grad], lr=1e-6)
+    train_with_frozen_norms(recovering)
 
     def recovery_step(targets: TeacherOutputs) -> None:
-        loss = sample_loss(student, targets, None, idx)
-        optimizer.zero_grad(set_to_none=True)
+        loss = sample_loss(recovering, targets, None, idx)
+        recovery_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        recovery_optimizer.step()
 
     def recovery_cached() -> None:
         recovery_step(cached)
@@ -112,8 +124,15 @@ def main() -> None:
         decode_logits(student, emb, targets.boxes).mean().backward()
         student.zero_grad(set_to_none=True)
 
+    trunk, stem_out = StemTrunk(recovering.image_encoder), cached.features(idx)
+
+    def plain_trunk() -> None:
+        decode_logits(recovering, trunk(stem_out), targets.boxes).mean().backward()
+        recovering.zero_grad(set_to_none=True)
+
     timed = {"distill_step": step, "recovery_step_cached": recovery_cached,
-             "recovery_step_first_draw": recovery_first_draw, "plain_forward_backward": plain}
+             "recovery_step_first_draw": recovery_first_draw, "plain_forward_backward": plain,
+             "plain_trunk_forward_backward": plain_trunk}
     times: dict[str, list[float]] = {name: [] for name in timed}
     for fn in timed.values():
         fn()  # warm-up
@@ -130,6 +149,8 @@ def main() -> None:
         "ratio_recovery_cached_over_plain": med["recovery_step_cached"] / med["plain_forward_backward"],
         "ratio_recovery_first_draw_over_plain": med["recovery_step_first_draw"] / med["plain_forward_backward"],
         "teacher_seconds_per_sample": teacher_per_sample,
+        "recovery_from_cached_stem": same_stem(recovering, dense),
+        "ratio_recovery_cached_over_plain_trunk": med["recovery_step_cached"] / med["plain_trunk_forward_backward"],
     }
     cached_r, first_r = record["ratio_recovery_cached_over_plain"], record["ratio_recovery_first_draw_over_plain"]
     record["amortised"] = [{"run": run, "pool": pool, "steps": steps, "first_draw_share": first_draw_share(pool, steps),
@@ -144,6 +165,9 @@ def main() -> None:
           f"cached {med['recovery_step_cached']:.3f} s: ratio {record['ratio_recovery_cached_over_plain']:.3f}, "
           f"first draw {med['recovery_step_first_draw']:.3f} s: ratio {record['ratio_recovery_first_draw_over_plain']:.3f} "
           f"(target <= 1.3); teacher {teacher_per_sample:.3f} s per cached sample, once")
+    print(f"  recovery runs the trunk from the cached stem output: {record['recovery_from_cached_stem']}; plain "
+          f"trunk + decoder forward + backward {med['plain_trunk_forward_backward']:.3f} s, cached recovery step "
+          f"over it {record['ratio_recovery_cached_over_plain_trunk']:.3f}")
     for a in record["amortised"]:
         print(f"  a recovery stage of {a['run']}: {a['steps']} draws from {a['pool']} images, "
               f"{a['first_draw_share']:.0%} first draws: mean step / plain {a['ratio_stage_over_plain']:.3f}")

@@ -51,16 +51,15 @@ def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
     return w if float(w.sum()) > 0 else torch.ones_like(w)
 
 
-def _stem_state(encoder: nn.Module) -> list[torch.Tensor]:
+def _stem_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     prefixes = adapter_for(encoder).STEM_PREFIXES
-    named = [*encoder.named_parameters(), *encoder.named_buffers()]
-    return [t for n, t in named if n.startswith(prefixes)]
+    return {n: t for n, t in [*encoder.named_parameters(), *encoder.named_buffers()] if n.startswith(prefixes)}
 
 
 def same_stem(a: nn.Module, b: nn.Module) -> bool:
     """Whether two SAM-style models' encoder stems hold equal weights (so their stem outputs agree)."""
     sa, sb = _stem_state(a.image_encoder), _stem_state(b.image_encoder)
-    return len(sa) == len(sb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+    return sa.keys() == sb.keys() and all(sa[n].shape == sb[n].shape and torch.equal(sa[n], sb[n]) for n in sa)
 
 
 class StemTrunk(nn.Module):
