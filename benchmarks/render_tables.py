@@ -143,8 +143,13 @@ def training_step_cost() -> str:
              "| seconds | / plain forward + backward |", "|---|---|---|"]
     for key, label in (("plain_forward_backward", "plain forward + backward"), ("distill_step", "distillation step"),
                        ("recovery_step_cached", "recovery step, teacher outputs cached"),
-                       ("recovery_step_first_draw", "recovery step, teacher run in the step (first draw)")):
-        lines.append(f"| {label} | {med[key]:.2f} | {med[key] / plain:.2f}x |")
+                       ("recovery_step_first_draw", "recovery step, teacher run in the step (first draw)"),
+                       ("plain_trunk_forward_backward", "plain forward + backward from the cached stem output")):
+        if key in med:
+            lines.append(f"| {label} | {med[key]:.2f} | {med[key] / plain:.2f}x |")
+    for a in d.get("amortised", []):
+        lines.append(f"| recovery stage of {a['run']}: {a['steps']} draws from {a['pool']} images, "
+                     f"{a['first_draw_share']:.0%} first draws (mean) | | {a['ratio_stage_over_plain']:.2f}x |")
     return "\n".join(lines)
 
 

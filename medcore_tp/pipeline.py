@@ -383,6 +383,10 @@ def prune_scored(
             # A fixed held-back set measures whether recovery converges: the per-step loss follows
             # whichever image was drawn.
             train, held = hold_back(pool, HELD_BACK)
+            stem = list(adapter_for(model).STEM_PREFIXES)
+            if not recovery:
+                log(f"recovery trains the encoder after its stem ({', '.join(p.rstrip('.') for p in stem)}: never "
+                    "pruned, left as it is, its output computed once per image)")
             best = BestState()
             curve = recover(model, teacher, train, steps=steps, lr=config.recover_lr, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
@@ -394,7 +398,7 @@ def prune_scored(
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "lr": config.recover_lr, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
                              "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,
-                             "seconds": time.perf_counter() - began})
+                             "stem_not_trained": stem, "seconds": time.perf_counter() - began})
             if held:
                 log(f"recovery after removing {stage}: loss on {len(held)} held-back calibration images "
                     f"{held_before:.4f} -> {held_after:.4f} ({steps} steps); {_kept(best.checks, best.kept_step)}")

@@ -171,6 +171,8 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
     # TinyViT's stages have groups of different sizes: the sensitivity-weighted allocation still lands on R
     assert abs(summary["encoder_params_removed_fraction"] - 0.05) <= 0.005
     assert [len(r["loss"]) for r in summary["recovery"]] == [2, 2]
+    assert "recovery trains the encoder after its stem (patch_embed, layers.0: never pruned" in res.output
+    assert all(r["stem_not_trained"] == ["patch_embed.", "layers.0."] for r in summary["recovery"])
     rep = summary["report"]
     for when in ("before", "after"):
         assert rep[when]["images"] == 8 and rep[when]["latency_s"] > 0
