@@ -101,7 +101,7 @@ RECIPE_TABLES = (
     "lite_medsam_recipes", "lite_medsam_recovery", "lite_medsam_recovery_lr", "lite_medsam_progressive",
     "lite_medsam_recovery_steps", "lite_medsam_importance_refit", "lite_medsam_importance_refit100",
     "lite_medsam_importance_refit_all", "lite_medsam_importance_refit100_r30",
-    "lite_medsam_importance_refit100_r60", "lite_medsam_importance_refit200",
+    "lite_medsam_importance_refit100_r60", "lite_medsam_importance_refit200", "lite_medsam_recovery_stem",
 )
 
 
@@ -150,6 +150,22 @@ def training_step_cost() -> str:
     for a in d.get("amortised", []):
         lines.append(f"| recovery stage of {a['run']}: {a['steps']} draws from {a['pool']} images, "
                      f"{a['first_draw_share']:.0%} first draws (mean) | | {a['ratio_stage_over_plain']:.2f}x |")
+    return "\n".join(lines)
+
+
+def ort_profile() -> str:
+    """``benchmarks/ort_profile.py``: FLOPs and ONNX Runtime kernel time per encoder part, dense vs pruned."""
+    d = _load("ort_profile_lite_cpu2.json")
+    threads = d["threads"]
+    lines = ["| part | GFLOPs dense / pruned | FLOP ratio | " + " | ".join(
+        f"ms dense / pruned, {t} thread{'s' if t > 1 else ''} | speedup" for t in threads) + " |",
+        "|" + "---|" * (3 + 2 * len(threads))]
+    for r in d["rows"]:
+        cells = [f"**{r['part']}**" if r["part"] == "total" else f"`{r['part']}`",
+                 f"{r['gflops_dense']:.2f} / {r['gflops_pruned']:.2f}", f"{r['flop_ratio']:.2f}x"]
+        for t in threads:
+            cells += [f"{r[f'ms_dense_t{t}']:.0f} / {r[f'ms_pruned_t{t}']:.0f}", f"{r[f'speedup_t{t}']:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -206,6 +222,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "cross_modality_refit": _from_csv("cross_modality", "cross_table", "cross_modality_refit_cpu2.csv"),
     "cross_modality_refit_paired": _from_csv("cross_modality", "cross_paired_table",
                                              "cross_modality_refit_cpu2_paired.csv"),
+    "ort_profile": ort_profile,
     "lite_medsam_importances": lite_importances,
     "lite_medsam_cascade": lite_cascade,
     "prune_vit_b": vit_b,

@@ -21,7 +21,6 @@ without it.
 from __future__ import annotations
 
 import math
-
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
