@@ -162,7 +162,7 @@ def ort_profile() -> str:
         f"ms dense / pruned, {t} thread{'s' if t > 1 else ''} | speedup" for t in threads) + " |",
         "|" + "---|" * (3 + 2 * len(threads))]
     for r in d["rows"]:
-        cells = [f"**{r['part']}**" if r["part"] == "total" else f"`{r['part']}`",
+        cells = [f"`{r['part']}`" if r["part"].startswith("layers.") or r["part"] in ("patch_embed", "neck") else f"**{r['part']}**",
                  f"{r['gflops_dense']:.2f} / {r['gflops_pruned']:.2f}", f"{r['flop_ratio']:.2f}x"]
         for t in threads:
             cells += [f"{r[f'ms_dense_t{t}']:.0f} / {r[f'ms_pruned_t{t}']:.0f}", f"{r[f'speedup_t{t}']:.2f}x"]
