@@ -179,11 +179,11 @@ def test_default_run_reports_speed_and_quality_on_the_synthetic_set(tmp_path):
         assert 0 <= rep[when]["dice"] <= 1 and 0 <= rep[when]["boundary_f1"] <= 1 and rep[when]["hd95"] >= 0
 
 
-def test_without_data_the_default_recovers_20_steps_per_stage(tmp_path):
+def test_without_data_the_default_recovers_40_steps_per_stage(tmp_path):
     torch.manual_seed(0)
     torch.save(build_model("tiny").state_dict(), tmp_path / "dense.pth")  # trained weights stand-in: not --random-init
     res = run("prune", "--model", "tiny", "--checkpoint", tmp_path / "dense.pth", "--ratio", 0.3, "--calib-size", 2,
               "--no-report", "--no-progress", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert [(r["stage"], len(r["loss"])) for r in summary["recovery"]] == [("heads", 20), ("mlp", 20)]
+    assert [(r["stage"], len(r["loss"])) for r in summary["recovery"]] == [("heads", 40), ("mlp", 40)]

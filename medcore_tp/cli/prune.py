@@ -68,7 +68,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Calibration batch size.")
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None,
               help="Recovery steps after removing heads and after removing MLP channels, 0 to skip "
-                   "[default: 200; 20 without --data; 0 with --random-init].")
+                   "[default: 200; 40 without --data; 0 with --random-init].")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
 @click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
