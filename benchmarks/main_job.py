@@ -44,7 +44,7 @@ def main() -> None:
     path = os.path.join(RESULTS, f"main_job_{machine_tag()}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
-    print(f"main job: {wall:.0f} s wall clock, peak memory {peak_kb / 2**20:.2f} GB; wrote {path}")
+    print(f"main job: {wall:.0f} s wall clock, peak memory {peak_kb / 2**20:.2f} GiB; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class SdpaAttention(nn.Module):
         rw = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
         r_q = q.reshape(b, nh, h, w, d)
         # einsum hands back permuted strides, and a broadcast add of such inputs keeps them, which made
-        # the reshape below copy the whole (heads, N, N) mask (a third of a global block's time on CPU);
+        # the reshape below copy the whole (heads, N, N) mask (about 40% of a global block's time on CPU);
         # contiguous (heads, N, side) factors make the sum contiguous and the reshape a view
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).contiguous()
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).contiguous()
