@@ -44,7 +44,6 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info, machine_tag  # noqa: E402
 
-from medcore_tp.arch import adapter_for  # noqa: E402
 from medcore_tp.calibration import synthetic_batch, train_with_frozen_norms  # noqa: E402
 from medcore_tp.checkpoint import load_model  # noqa: E402
 from medcore_tp.cli.prune import DATA_RECOVER_STEPS, QUICK_RECOVER_STEPS  # noqa: E402
@@ -52,7 +51,7 @@ from medcore_tp.distill import augmented_views, cache_teacher, student_loss  # n
 from medcore_tp.inference import decode_logits  # noqa: E402
 from medcore_tp.models.spec import input_spec  # noqa: E402
 from medcore_tp.pipeline import HELD_BACK, PruneConfig, RatioRequest, prune_scored, score_importance  # noqa: E402
-from medcore_tp.recovery import StemTrunk, TeacherOutputs, same_stem, sample_loss  # noqa: E402
+from medcore_tp.recovery import StemTrunk, TeacherOutputs, same_stem, sample_loss, stem_prefixes  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # (what runs it, calibration images in the recovery pool, recovery steps per stage)
@@ -101,7 +100,7 @@ def main() -> None:
     cached.get(idx)
     # recovery's own student: distillation above trains the stem too, recovery (recover()) does not
     recovering = copy.deepcopy(student)
-    stem = tuple(f"image_encoder.{p}" for p in adapter_for(dense).STEM_PREFIXES)
+    stem = stem_prefixes(recovering)
     for n, p in recovering.named_parameters():
         p.requires_grad_(n.startswith("image_encoder.") and not n.startswith(stem))
     recovery_optimizer = torch.optim.AdamW([p for p in recovering.parameters() if p.requires_grad], lr=1e-6)

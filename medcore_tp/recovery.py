@@ -51,6 +51,11 @@ def sampling_weights(masks: torch.Tensor) -> torch.Tensor:
     return w if float(w.sum()) > 0 else torch.ones_like(w)
 
 
+def stem_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Prefixes, in ``model.named_parameters()``, of its encoder stem's parameters (recovery leaves them)."""
+    return tuple(f"image_encoder.{p}" for p in adapter_for(model).STEM_PREFIXES)
+
+
 def _stem_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     prefixes = adapter_for(encoder).STEM_PREFIXES
     return {n: t for n, t in [*encoder.named_parameters(), *encoder.named_buffers()] if n.startswith(prefixes)}
@@ -59,7 +64,13 @@ def _stem_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
 def same_stem(a: nn.Module, b: nn.Module) -> bool:
     """Whether two SAM-style models' encoder stems hold equal weights (so their stem outputs agree)."""
     sa, sb = _stem_state(a.image_encoder), _stem_state(b.image_encoder)
-    return sa.keys() == sb.keys() and all(sa[n].shape == sb[n].shape and torch.equal(sa[n], sb[n]) for n in sa)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[n], sb[n]) for n in sa)
+
+
+def student_encoder(model: nn.Module, targets: TeacherOutputs) -> nn.Module:
+    """What runs ``model``'s encoder against ``targets``: a :class:`StemTrunk` fed the cached stem
+    outputs when its stem is the teacher's, else the whole encoder fed the images."""
+    return StemTrunk(model.image_encoder) if same_stem(model, targets.teacher) else model.image_encoder
 
 
 class StemTrunk(nn.Module):
@@ -156,7 +167,7 @@ def recover(
     order = draws.view(steps, batch_size * world).tolist()
 
     encoder = model.image_encoder
-    stem = tuple(f"image_encoder.{p}" for p in adapter_for(model).STEM_PREFIXES)
+    stem = stem_prefixes(model)
     frozen = [p for n, p in model.named_parameters() if (not n.startswith("image_encoder.") or n.startswith(stem))
               and p.requires_grad]
     for p in frozen:
@@ -167,7 +178,7 @@ def recover(
     if watch:
         best.check(0, model, measure)
     train_with_frozen_norms(model)
-    trained = data_parallel(StemTrunk(encoder) if same_stem(model, teacher) else encoder)
+    trained = data_parallel(student_encoder(model, targets))
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
     try:
         for step, batch in enumerate(tqdm(order, desc=description, disable=not (progress and is_main()), leave=False)):
@@ -203,8 +214,7 @@ def _loss_and_logits(model: nn.Module, targets: TeacherOutputs, encoder: torch.n
     device = next(model.parameters()).device
     t_emb, t_logits = targets.get(idx)
     box, m = targets.boxes[idx].to(device), targets.masks[idx].to(device)
-    if encoder is None:
-        encoder = StemTrunk(model.image_encoder) if same_stem(model, targets.teacher) else model.image_encoder
+    encoder = encoder or student_encoder(model, targets)
     from_stem = isinstance(getattr(encoder, "module", encoder), StemTrunk)  # DDP keeps the wrapped one in .module
     emb = encoder(targets.features(idx) if from_stem else targets.images[idx].to(device))
     logits = decode_logits(model, emb, box)
@@ -220,7 +230,8 @@ def held_back_check(model: nn.Module, targets: TeacherOutputs) -> dict[str, floa
     was = model.training
     model.eval()
     try:
-        pairs = [_loss_and_logits(model, targets, None, [i]) for i in range(len(targets))]
+        encoder = student_encoder(model, targets)  # once, not per sample
+        pairs = [_loss_and_logits(model, targets, encoder, [i]) for i in range(len(targets))]
     finally:
         model.train(was)
     if not pairs:
@@ -243,5 +254,6 @@ def hold_back(pool: Sequence[CalibrationBatch], n: int) -> tuple[list[Calibratio
 def pool_loss(model: nn.Module, targets: TeacherOutputs) -> float:
     """Mean recovery loss of ``model`` over every sample of ``targets`` (a teacher's outputs on a
     pool; build it once to measure the same pool before and after recovery)."""
-    losses = [float(sample_loss(model, targets, None, [i])) for i in range(len(targets))]
+    encoder = student_encoder(model, targets)
+    losses = [float(sample_loss(model, targets, encoder, [i])) for i in range(len(targets))]
     return sum(losses) / max(len(losses), 1)
