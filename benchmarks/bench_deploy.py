@@ -6,7 +6,7 @@ depend on which channels go or on their values): ViT-B random init with heads 0.
 encoder parameters, as benchmarks/bench_prune_vit_b.py); LiteMedSAM's packaged weights at --ratio 0.5.
 
 Usage: ``python benchmarks/bench_deploy.py --which vit-b|lite|both [--device cpu|cuda]
-[--backends torch,sdpa] [--dtype fp32] [--batch 1] [--repeats 3] [--tag-suffix X] [--round-to N]``
+[--backends torch,sdpa] [--dtype fp32] [--batch 1] [--threads 1,2] [--repeats 3] [--tag-suffix X] [--round-to N]``
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--batch", default="1")
     parser.add_argument("--parts", default="encoder")
     parser.add_argument("--repeats", default="3")
+    parser.add_argument("--threads", default=None, help="Intra-op thread counts, e.g. 1,2 [default: torch's].")
     parser.add_argument("--tag-suffix", default="")
     parser.add_argument("--round-to", type=int, default=1,
                         help="Prune with --round-to N (tagged _roundN) to see what aligned MLP widths buy.")
@@ -76,7 +77,8 @@ def main() -> None:
         ckpt = pruned_checkpoint(which, args.scratch, args.device, args.round_to)
         cli("bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
             "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
-            "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"))
+            "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"),
+            *(["--threads", args.threads] if args.threads else []))
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ def _table(path: str) -> str:
             + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
             + (f"; load average {m['load_average_1_5_15'][0]:.1f} at the end" if "load_average_1_5_15" in m else "")
             + f"; median of {data['repeats']} alternating repeats, min-max in brackets)\n\n")
-    lines = ["| backend | dtype | batch | part | dense s | pruned s | speedup | FLOP ratio | speedup / FLOP ratio "
-             "| dense torch fp32 / pruned |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | dtype | batch | part | threads | dense s | pruned s | speedup | FLOP ratio | speedup / FLOP ratio "
+             "| dense torch fp32 / pruned |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         vs = "-" if r["pruned_vs_dense_torch_fp32"] is None else f"{r['pruned_vs_dense_torch_fp32']:.2f}x"
         lines.append(
-            f"| {r['backend']} | {r['dtype']} | {r['batch']} | {r['part']} "
+            f"| {r['backend']} | {r['dtype']} | {r['batch']} | {r['part']} | {r.get('threads', m['torch_threads'])} "
             f"| {r['dense_median_s']:.2f} [{r['dense_min_s']:.2f}-{r['dense_max_s']:.2f}] "
             f"| {r['pruned_median_s']:.2f} [{r['pruned_min_s']:.2f}-{r['pruned_max_s']:.2f}] "
             f"| {r['speedup']:.2f}x | {r['flop_ratio']:.2f}x | {r['speedup_over_flop_ratio']:.2f} | {vs} |")

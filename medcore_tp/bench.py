@@ -45,6 +45,7 @@ class BenchRow:
     dtype: str
     batch: int
     part: str
+    threads: int  # intra-op threads of torch and of ONNX Runtime for this row
     dense_median_s: float
     dense_min_s: float
     dense_max_s: float
@@ -111,7 +112,8 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
     return encode if part == "encoder" else whole
 
 
-def _ort_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str) -> Callable[[], Any]:
+def _ort_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str,
+                threads: int) -> Callable[[], Any]:
     import numpy as np
 
     from medcore_tp.runtime import OnnxSam
@@ -119,7 +121,7 @@ def _ort_runner(model: nn.Module, folder: Path, label: str, batch: int, part: st
     path = folder / f"{label}.onnx"
     if not path.exists():
         export_onnx(model, path, name, pruned=label == "pruned")
-    ort_model = OnnxSam(path)
+    ort_model = OnnxSam(path, threads=threads)
     size = ort_model.image_encoder.img_size
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     boxes = np.array([[0.2, 0.25, 0.7, 0.8]] * batch, dtype=np.float32) * size
@@ -148,10 +150,20 @@ def run_bench(
     repeats: int = 3,
     warmup: int = 1,
     log: Callable[[str], None] = print,
+    threads: Sequence[int] | None = None,
 ) -> list[BenchRow]:
-    """Time ``dense`` against ``pruned`` (architecture ``name``) in every combination; see the module docstring."""
+    """Time ``dense`` against ``pruned`` (architecture ``name``) in every combination; see the module docstring.
+
+    ``threads``: intra-op thread counts to measure, each for every other combination (torch's
+    ``set_num_threads`` and ONNX Runtime's ``intra_op_num_threads`` alike; restored afterwards);
+    default: torch's current count only. On a small CPU one thread can give the larger pruned / dense
+    ratio, because the pruned model's smaller GEMMs parallelise worse."""
     if repeats < 1 or warmup < 0:
         raise MedcoreError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    before = torch.get_num_threads()
+    threads = list(threads) if threads else [before]
+    if min(threads) < 1:
+        raise MedcoreError(f"--threads {','.join(map(str, threads))}: thread counts must be >= 1")
     from medcore_tp.arch import sam_vit
 
     device = device or torch.device("cpu")
@@ -162,45 +174,48 @@ def run_bench(
     flop_ratio = flops_torch(dense)["total"] / flops_torch(pruned)["total"]
     sync = _sync(device)
     rows: list[BenchRow] = []
-    eager_fp32: dict[tuple[int, str], float] = {}
-    with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:
-        for backend in backends:
-            if backend == "sdpa" and not is_vit:
-                continue
-            for dtype in dtypes:
-                for batch in batches:
-                    for part in parts:
-                        log(f"{backend} {dtype} batch {batch} {part}: preparing")
-                        if backend == "onnxruntime":
-                            runs = {label: _ort_runner(m, Path(tmp), label, batch, part, name)
-                                    for label, m in (("dense", dense), ("pruned", pruned))}
-                        else:
-                            runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part, is_vit)
-                                    for label, m in (("dense", dense), ("pruned", pruned))}
-                        for _ in range(warmup + (1 if backend == "compile" else 0)):
-                            for fn in runs.values():
-                                _time(fn, sync)
-                        times: dict[str, list[float]] = {"dense": [], "pruned": []}
-                        for _ in range(repeats):
-                            for label, fn in runs.items():
-                                times[label].append(_time(fn, sync))
-                        row = _row(backend, dtype, batch, part, times, flop_ratio)
-                        if backend == "torch" and dtype == "fp32":
-                            eager_fp32[(batch, part)] = row.dense_median_s
-                        ref = eager_fp32.get((batch, part))
-                        row.pruned_vs_dense_torch_fp32 = ref / row.pruned_median_s if ref else float("nan")
-                        rows.append(row)
-                        log(f"{backend} {dtype} batch {batch} {part}: dense {row.dense_median_s:.3f} s, pruned "
-                            f"{row.pruned_median_s:.3f} s, speedup {row.speedup:.2f}x (FLOP ratio {flop_ratio:.2f}x)")
-                        del runs
+    eager_fp32: dict[tuple[int, int, str], float] = {}
+    combos = [(t, b, d, n, p) for t in threads for b in backends if not (b == "sdpa" and not is_vit)
+              for d in dtypes for n in batches for p in parts]
+    try:
+        with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:
+            for t, backend, dtype, batch, part in combos:
+                torch.set_num_threads(t)
+                what = f"{backend} {dtype} batch {batch} {part}, {t} thread{'s' if t > 1 else ''}"
+                log(f"{what}: preparing")
+                if backend == "onnxruntime":
+                    runs = {label: _ort_runner(m, Path(tmp), label, batch, part, name, t)
+                            for label, m in (("dense", dense), ("pruned", pruned))}
+                else:
+                    runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part, is_vit)
+                            for label, m in (("dense", dense), ("pruned", pruned))}
+                for _ in range(warmup + (1 if backend == "compile" else 0)):
+                    for fn in runs.values():
+                        _time(fn, sync)
+                times: dict[str, list[float]] = {"dense": [], "pruned": []}
+                for _ in range(repeats):
+                    for label, fn in runs.items():
+                        times[label].append(_time(fn, sync))
+                row = _row(backend, dtype, batch, part, t, times, flop_ratio)
+                if backend == "torch" and dtype == "fp32":
+                    eager_fp32[(t, batch, part)] = row.dense_median_s
+                ref = eager_fp32.get((t, batch, part))
+                row.pruned_vs_dense_torch_fp32 = ref / row.pruned_median_s if ref else float("nan")
+                rows.append(row)
+                log(f"{what}: dense {row.dense_median_s:.3f} s, pruned {row.pruned_median_s:.3f} s, "
+                    f"speedup {row.speedup:.2f}x (FLOP ratio {flop_ratio:.2f}x)")
+                del runs
+    finally:
+        torch.set_num_threads(before)
     return rows
 
 
-def _row(backend: str, dtype: str, batch: int, part: str, times: dict[str, list[float]], flop_ratio: float) -> BenchRow:
+def _row(backend: str, dtype: str, batch: int, part: str, threads: int, times: dict[str, list[float]],
+         flop_ratio: float) -> BenchRow:
     d, p = times["dense"], times["pruned"]
     dm, pm = statistics.median(d), statistics.median(p)
     return BenchRow(
-        backend=backend, dtype=dtype, batch=batch, part=part,
+        backend=backend, dtype=dtype, batch=batch, part=part, threads=threads,
         dense_median_s=dm, dense_min_s=min(d), dense_max_s=max(d),
         pruned_median_s=pm, pruned_min_s=min(p), pruned_max_s=max(p),
         speedup=dm / pm, flop_ratio=flop_ratio, speedup_over_flop_ratio=dm / pm / flop_ratio,
@@ -224,7 +239,9 @@ def plot(rows: Sequence[BenchRow], path: str | Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.backend}\n{r.dtype} b{r.batch}" + ("" if r.part == "encoder" else "\nwhole") for r in rows]
+    several = len({r.threads for r in rows}) > 1
+    labels = [f"{r.backend}\n{r.dtype} b{r.batch}" + ("" if r.part == "encoder" else "\nwhole")
+              + (f"\n{r.threads}t" if several else "") for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
     for offset, key, colour in ((-0.2, "dense", "#888888"), (0.2, "pruned", "#2a7ab9")):

@@ -151,6 +151,10 @@ class PruneConfig:
     1/K of every block's heads and channels together, each refitted and recovered
     (:func:`medcore_tp.prune.prune_by_budget`). ``recover_teacher``: what recovery trains towards,
     ``stage`` (the model as the stage starts, before its removal) or ``dense`` (the dense model).
+    ``recover_views``: the views of each training calibration image recovery draws from
+    (:data:`medcore_tp.distill.VIEWS`: ``identity``, ``hflip``, ``vflip``; boxes and masks mirrored
+    with the image, the teacher's outputs computed on the mirrored image); the held-back images are
+    measured as they are.
     """
 
     importance: str = "refit"
@@ -174,6 +178,7 @@ class PruneConfig:
     distill_batch_size: int = 2
     prune_steps: int = 1
     recover_teacher: str = "stage"
+    recover_views: tuple[str, ...] = ("identity",)
 
     def check(self, arch: nn.Module) -> Ratios:
         """Validate everything that can be checked on the bare architecture, before any work."""
@@ -193,6 +198,10 @@ class PruneConfig:
         if self.recover_teacher not in TEACHERS:
             raise MedcoreError(f"recover_teacher {self.recover_teacher}: must be one of {', '.join(TEACHERS)}",
                                "recover_teacher")
+        bad = [v for v in self.recover_views if v not in VIEWS]
+        if bad or not self.recover_views or len(set(self.recover_views)) != len(self.recover_views):
+            raise MedcoreError(f"recover_views {','.join(self.recover_views)}: give distinct views from "
+                               f"{', '.join(VIEWS)}", "recover_views")
         if self.allocation not in ALLOCATIONS:
             raise MedcoreError(f"allocation {self.allocation}: must be one of {', '.join(ALLOCATIONS)}", "allocation")
         if self.allocation == "sensitivity" and importance_entry(self.importance).needs != "fisher":
@@ -383,10 +392,17 @@ def prune_scored(
             # A fixed held-back set measures whether recovery converges: the per-step loss follows
             # whichever image was drawn.
             train, held = hold_back(pool, HELD_BACK)
+            images = sum(len(b.images) for b in train)
+            if config.recover_views != ("identity",):
+                train = [augmented_views(train, config.recover_views)]
             stem = list(adapter_for(model).STEM_PREFIXES)
             if not recovery:
                 log(f"recovery trains the encoder after its stem ({', '.join(p.rstrip('.') for p in stem)}: never "
                     "pruned, left as it is, its output computed once per image)")
+                if config.recover_views != ("identity",):
+                    log(f"recovery draws from {images * len(config.recover_views)} samples: "
+                        f"{images} calibration images x {len(config.recover_views)} views "
+                        f"({', '.join(config.recover_views)})")
             best = BestState()
             curve = recover(model, teacher, train, steps=steps, lr=config.recover_lr, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
@@ -398,7 +414,8 @@ def prune_scored(
             recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "lr": config.recover_lr, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
                              "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,
-                             "stem_not_trained": stem, "seconds": time.perf_counter() - began})
+                             "stem_not_trained": stem, "views": list(config.recover_views),
+                             "samples": sum(len(b.images) for b in train), "seconds": time.perf_counter() - began})
             if held:
                 log(f"recovery after removing {stage}: loss on {len(held)} held-back calibration images "
                     f"{held_before:.4f} -> {held_after:.4f} ({steps} steps); {_kept(best.checks, best.kept_step)}")

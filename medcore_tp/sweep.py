@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from medcore_tp.atomic import save_json, save_text
 from medcore_tp.checkpoint import load_model, load_pruned, save_pruned
 from medcore_tp.data import load_datasets, make_splits, resolve_splits, select_split
+from medcore_tp.distill import VIEWS
 from medcore_tp.errors import MedcoreError
 from medcore_tp.evaluate import evaluate
 from medcore_tp.importance_registry import IMPORTANCE_NAMES, importance_entry
@@ -82,6 +83,7 @@ class SweepConfig:
     recover_lr: float = 1e-5
     prune_steps: int = 1
     recover_teacher: str = "stage"
+    recover_views: str = "identity"  # comma-separated (a string, so settings.json compares as written)
     finetune_epochs: int = 0
     calib_size: int = 128
     batch_size: int = 8
@@ -140,6 +142,9 @@ def validate(config: SweepConfig) -> None:
         raise MedcoreError("--data: no folder given")
     if config.refit not in REFITS:
         raise MedcoreError(f"--refit: unknown refit '{config.refit}', choose from {', '.join(REFITS)}")
+    views = [v.strip() for v in config.recover_views.split(",") if v.strip()]
+    if not views or any(v not in VIEWS for v in views) or len(set(views)) != len(views):
+        raise MedcoreError(f"--recover-views {config.recover_views}: give distinct views from {', '.join(VIEWS)}")
     if config.allocation not in ALLOCATIONS:
         raise MedcoreError(f"--allocation: unknown allocation '{config.allocation}', choose from {', '.join(ALLOCATIONS)}")
 
@@ -292,7 +297,8 @@ def run_sweep(
     say(f"sweep: {len(points)} points ({len(config.ratios)} ratios x {len(config.importances)} importances) and the "
         f"dense model, refit {config.refit}, {config.allocation} allocation, {config.distill_steps} distillation steps, "
         f"{_stages(config.prune_steps)}, {config.recover_steps} recovery steps per stage at lr {config.recover_lr:g} "
-        f"towards the {'dense model' if config.recover_teacher == 'dense' else 'model as each stage starts'}, "
+        f"towards the {'dense model' if config.recover_teacher == 'dense' else 'model as each stage starts'}"
+        f"{'' if config.recover_views == 'identity' else ' on views ' + config.recover_views}, "
         f"{config.finetune_epochs} fine-tuning epochs, "
         f"latency median of {config.repeats} interleaved with the dense model")
     fallback = [imp for imp in config.importances if _point_allocation(config, imp) != config.allocation]
@@ -357,6 +363,7 @@ def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneCo
         data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
         recover_steps=config.recover_steps, recover_lr=config.recover_lr, prune_steps=config.prune_steps,
         recover_teacher=config.recover_teacher, seed=config.seed, refit=config.refit,
+        recover_views=tuple(v.strip() for v in config.recover_views.split(",") if v.strip()),
         distill_steps=config.distill_steps, distill_lr=config.distill_lr,
         allocation=_point_allocation(config, importance),
     )

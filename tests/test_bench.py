@@ -73,6 +73,23 @@ def test_bench_lite_skips_sdpa_and_says_so(tmp_path):
     assert [(r["backend"], r["part"]) for r in rows] == [("torch", "encoder"), ("torch", "model")]
 
 
+def test_bench_threads_measures_each_count_and_restores_torch(pruned_tiny, tmp_path):
+    before = torch.get_num_threads()
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,onnxruntime",
+              "--threads", "1,2", "--repeats", 1, "--warmup", 0, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["threads"], r["backend"]) for r in rows] == [(t, b) for t in (1, 2) for b in ("torch", "onnxruntime")]
+    # each row's reference is the eager fp32 dense model at the same thread count
+    for ort_row, eager in ((rows[1], rows[0]), (rows[3], rows[2])):
+        assert ort_row["pruned_vs_dense_torch_fp32"] == pytest.approx(eager["dense_median_s"] / ort_row["pruned_median_s"])
+    assert torch.get_num_threads() == before
+    assert "1/2 threads" in res.output
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--threads", "0", "--out", tmp_path / "x")
+    assert "--threads 0: give thread counts >= 1" in _error_line(res)
+    assert not (tmp_path / "x").exists()
+
+
 def test_bench_cuda_without_gpu(pruned_tiny, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from medcore_tp.arch import adapter_for
 from medcore_tp.budget import Budget, ratio_budget
 from medcore_tp.cli import main
+from medcore_tp.distill import augmented_views
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import build_model, input_spec
 from medcore_tp.pipeline import PruneConfig, RatioRequest, prune_scored, score_importance
@@ -135,6 +136,30 @@ def test_recovery_teacher_is_the_dense_model_when_asked(tiny_model, teacher):
         assert recorded != pytest.approx(against_dense, rel=1e-3)
 
 
+def test_recovery_views_draw_mirrored_samples_with_the_teachers_outputs_on_them(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    config = PruneConfig(importance="random", ratios=RatioRequest(ratio=0.4), calib_size=10, recover_steps=2,
+                         recover_lr=1e-3, refit="none", recover_views=("identity", "hflip"))
+    scoring = score_importance(model, config, log=_quiet)
+    run = prune_scored(model, config, scoring, log=_quiet)
+    train, held = hold_back(scoring.pool, 4)
+    n = sum(len(b.images) for b in train)
+    assert [(r["views"], r["samples"], r["held_back_images"]) for r in run.recovery] == [(["identity", "hflip"], 2 * n, 4)] * 2
+    # the mirrored sample's box is mirrored with it, and the teacher's logits on it are those of the
+    # mirrored image, not the original's logits flipped (the encoder is not mirror-equivariant)
+    views = augmented_views(train, ("identity", "hflip"))
+    side = views.images.shape[-1]
+    assert torch.equal(views.images[n], train[0].images[0].flip(-1))
+    assert views.boxes[n].tolist() == [side - train[0].boxes[0][2].item(), train[0].boxes[0][1].item(),
+                                       side - train[0].boxes[0][0].item(), train[0].boxes[0][3].item()]
+    targets = TeacherOutputs(tiny_model, [views])
+    _, logits = targets.get([n])
+    _, original = targets.get([0])
+    assert not torch.allclose(logits, original.flip(-1), atol=1e-4)
+    with pytest.raises(MedcoreError, match="recover_views identity,rotate: give distinct views"):
+        PruneConfig(recover_views=("identity", "rotate")).check(tiny_model)
+
+
 def test_cli_progressive_prune_records_its_stages_and_refuses_zero_steps(tmp_path):
     runner = CliRunner()
     args = ["prune", "--model", "tiny", "--random-init", "--ratio", "0.4", "--calib-size", "2", "--no-report",
@@ -154,6 +179,9 @@ def test_cli_progressive_prune_records_its_stages_and_refuses_zero_steps(tmp_pat
     assert f"took {summary['seconds']:.0f} s from loading the model to the end (calibration" in res.output
     res = runner.invoke(main, [*args, "--prune-steps", "0", "--out", str(tmp_path / "z")])
     assert res.exit_code == 2 and "--prune-steps" in res.output and not (tmp_path / "z").exists()
+    res = runner.invoke(main, [*args, "--recover-views", "identity,identity", "--out", str(tmp_path / "v")])
+    assert res.exit_code == 2 and "Error: --recover-views identity,identity: give distinct views" in res.output
+    assert not (tmp_path / "v").exists()
 
 
 @pytest.mark.parametrize("name", ["lite-medsam", "sam-vit-b"])

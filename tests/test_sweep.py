@@ -15,7 +15,7 @@ from medcore_tp import build_model
 from medcore_tp.cli import main
 from medcore_tp.errors import MedcoreError
 from medcore_tp.metrics import METRIC_NAMES
-from medcore_tp.sweep import SweepConfig, _prune_config, check_settings, pareto_front, run_sweep
+from medcore_tp.sweep import SweepConfig, _prune_config, check_settings, pareto_front, run_sweep, validate
 from medcore_tp.synthetic import write_synthetic_dataset
 
 SETTINGS = ["--ratios", "0.3,0.5", "--importances", "medcore,random", "--calib-size", "2", "--batch-size", "2",
@@ -246,10 +246,18 @@ def test_a_setting_added_later_counts_as_its_default_in_an_older_folder(setup, t
 def test_progressive_settings_reach_every_point_and_a_rerun_must_match_them(setup, tmp_path):
     root, data, ckpt = setup
     config = _config(data, ckpt)
-    config.prune_steps, config.recover_teacher = 3, "dense"
+    config.prune_steps, config.recover_teacher, config.recover_views = 3, "dense", "identity,hflip"
     point = _prune_config(config, "random", 0.3)
-    assert (point.prune_steps, point.recover_teacher) == (3, "dense")
+    assert (point.prune_steps, point.recover_teacher, point.recover_views) == (3, "dense", ("identity", "hflip"))
     (tmp_path / "settings.json").write_text(json.dumps(config.settings()))
     config.prune_steps = 1
     with pytest.raises(MedcoreError, match=r"\(prune_steps differ\); --out must be a new folder"):
         check_settings(tmp_path, config.settings())
+    # a folder written before recover_views existed counts as the default view
+    config.prune_steps, config.recover_views = 3, "identity"
+    old = {k: v for k, v in config.settings().items() if k != "recover_views"}
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    assert check_settings(tmp_path, config.settings()) is True
+    config.recover_views = "hflip,rotate"
+    with pytest.raises(MedcoreError, match="--recover-views hflip,rotate: give distinct views"):
+        validate(config)

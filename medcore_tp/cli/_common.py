@@ -24,6 +24,7 @@ PARAM_FLAGS = {
     "resolution": "--resolution", "batch_size": "--batch-size", "box_jitter": "--box-jitter",
     "calib_size": "--calib-size", "device": "--device", "resume": "--resume", "mask_threshold": "--mask-threshold",
     "allocation": "--allocation", "refit": "--refit", "distill_steps": "--distill-steps", "distill_lr": "--distill-lr",
+    "recover_views": "--recover-views",
 }
 
 
@@ -52,6 +53,11 @@ def parse_int_list(option: str, text: str | None) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
+
+
+def parse_views(text: str) -> tuple[str, ...]:
+    """``"identity,hflip"`` -> ``("identity", "hflip")`` (checked by ``PruneConfig.check``)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def table(rows: list[tuple], header: tuple) -> str:

@@ -58,13 +58,16 @@ def _machine(device: torch.device) -> dict:
 @click.option("--dtype", "dtypes", default="fp32", show_default=True, help=f"Comma-separated: {', '.join(DTYPES)}.")
 @click.option("--parts", default="encoder", show_default=True,
               help="encoder (image encoder) and/or model (encoder + box decoder), comma-separated.")
+@click.option("--threads", "thread_counts", default=None,
+              help="Intra-op thread counts of torch and ONNX Runtime, comma-separated, each measured in turn "
+                   "[default: torch's current count].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
               help="Folder for bench.csv, bench.json and bench.png.")
 @click.option("--tag", default=None, help="Name the files bench_TAG.* instead of bench.*.")
-def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, dtypes, parts, repeats, warmup,
-          out_dir, tag) -> None:
+def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, dtypes, parts, thread_counts,
+          repeats, warmup, out_dir, tag) -> None:
     """Time the dense and the pruned model alternately; median, min-max, speedup next to the FLOP ratio."""
     backend_list = _names("--backends", backends, BACKENDS)
     dtype_list = _names("--dtype", dtypes, DTYPES)
@@ -75,6 +78,9 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     batch_list = parse_int_list("--batch", batches)
     if not batch_list or min(batch_list) < 1:
         raise MedcoreError(f"--batch {batches}: give batch sizes >= 1")
+    threads = parse_int_list("--threads", thread_counts) if thread_counts else [torch.get_num_threads()]
+    if not threads or min(threads) < 1:
+        raise MedcoreError(f"--threads {thread_counts}: give thread counts >= 1")
     dev = parse_device(device)
     arch = build_model(model_name, device="meta")
     from medcore_tp.arch import sam_vit
@@ -88,15 +94,15 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
         dense_checkpoint = PACKAGED
     torch.manual_seed(0)
     dense, _ = load_model(model_name, dense_checkpoint)
-    click.echo(f"{model_name}: dense vs {checkpoint} on {dev}, {torch.get_num_threads()} threads, "
+    click.echo(f"{model_name}: dense vs {checkpoint} on {dev}, {'/'.join(map(str, threads))} threads, "
                f"{repeats} repeats after {warmup} warm-up, alternating")
     rows = run_bench(dense, pruned, model_name, backend_list, dtype_list, batch_list, part_list, dev, repeats,
-                     warmup, log=click.echo)
-    shown = [(r.backend, r.dtype, r.batch, r.part, f"{r.dense_median_s:.3f}", f"{r.pruned_median_s:.3f}",
+                     warmup, log=click.echo, threads=threads)
+    shown = [(r.backend, r.dtype, r.batch, r.part, r.threads, f"{r.dense_median_s:.3f}", f"{r.pruned_median_s:.3f}",
               f"{r.speedup:.2f}x", f"{r.flop_ratio:.2f}x", f"{r.speedup_over_flop_ratio:.2f}",
               "-" if r.pruned_vs_dense_torch_fp32 != r.pruned_vs_dense_torch_fp32 else f"{r.pruned_vs_dense_torch_fp32:.2f}x",
               f"{r.images_per_s_pruned:.2f}") for r in rows]
-    click.echo(table(shown, ("backend", "dtype", "batch", "part", "dense s", "pruned s", "speedup", "FLOP ratio",
+    click.echo(table(shown, ("backend", "dtype", "batch", "part", "threads", "dense s", "pruned s", "speedup", "FLOP ratio",
                              "speedup/FLOPs", "vs dense torch fp32", "pruned img/s")))
     stem = f"bench_{tag}" if tag else "bench"
     data = rows_to_dicts(rows)

@@ -22,6 +22,7 @@ from medcore_tp.cli._common import (
     overwrite_option,
     parse_device,
     parse_int_list,
+    parse_views,
     table,
 )
 from medcore_tp.data import load_datasets
@@ -76,6 +77,9 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
                    "K stages each removing about 1/K of every block's heads and channels, each refitted and recovered.")
 @click.option("--recover-teacher", type=click.Choice(["stage", "dense"]), default="stage", show_default=True,
               help="What recovery trains towards: the model as each stage starts (stage) or the dense model.")
+@click.option("--recover-views", default="identity", show_default=True,
+              help="Views of each calibration image recovery draws from, comma-separated: identity, hflip, vflip "
+                   "(mirrored with boxes and masks; the teacher's outputs computed on each view).")
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers that read removed groups, after each stage: from the dense "
                    "model's statistics, then (paired) on the pruned model's own inputs; none to skip.")
@@ -103,7 +107,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @overwrite_option
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, mask_threshold, ratio,
           importance, heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_lr,
-          prune_steps, recover_teacher, refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
+          prune_steps, recover_teacher, recover_views, refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
@@ -149,6 +153,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         recover_lr=recover_lr,
         prune_steps=prune_steps,
         recover_teacher=recover_teacher,
+        recover_views=parse_views(recover_views),
         seed=seed,
         progress=not no_progress,
         round_to=round_to,
@@ -222,7 +227,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
             protection_lifted=ratio is not None and protect is None and ratios.protect != default,
             alpha=alpha, data=roots, data_weights=weights, mask_threshold=mask_threshold, masks=mask_counts,
             calibration=run.calibration, seed=seed, device=str(dev), processes=world_size(), recovery=run.recovery,
-            recover_steps=recover_steps, prune_steps=prune_steps, recover_teacher=recover_teacher, decisions=decisions,
+            recover_steps=recover_steps, prune_steps=prune_steps, recover_teacher=recover_teacher,
+            recover_views=list(config.recover_views), decisions=decisions,
             seconds=time.perf_counter() - start, seconds_per_phase=dict(run.seconds, measuring=measuring), **extra,
         )
         save_json(record, os.path.join(out_dir, "summary.json"))

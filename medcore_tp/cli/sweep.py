@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from medcore_tp.cli import main
-from medcore_tp.cli._common import parse_device, parse_int_list, table
+from medcore_tp.cli._common import parse_device, parse_int_list, parse_views, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import MODEL_NAMES, default_weights
 from medcore_tp.sweep import SweepConfig, run_sweep
@@ -44,6 +44,8 @@ def _folders(text: str | None) -> list[str] | None:
                    "1/K of every block's heads and channels, each refitted and recovered.")
 @click.option("--recover-teacher", type=click.Choice(["stage", "dense"]), default="stage", show_default=True,
               help="What recovery trains towards: the model as each stage starts (stage) or the dense model.")
+@click.option("--recover-views", default="identity", show_default=True,
+              help="Views of each calibration image recovery draws from: identity, hflip, vflip, comma-separated.")
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers reading removed groups after each stage: from dense "
                    "statistics, then (paired) on the pruned model's own inputs.")
@@ -68,7 +70,7 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder (resumable).")
 def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eval_images, ratios, importances, recover_steps,
-          recover_lr, prune_steps, recover_teacher, refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
+          recover_lr, prune_steps, recover_teacher, recover_views, refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
           out_dir) -> None:
     """Prune at every ratio with every importance from the same dense model; write sweep.csv, sweep.json,
     comparisons.csv and pareto.png. A rerun with the same --out finishes an interrupted sweep."""
@@ -80,7 +82,8 @@ def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eva
         model=model_name, checkpoint=checkpoint, source_checkpoint=source_checkpoint, data=_folders(data) or [],
         eval_data=_folders(eval_data), split=split, eval_images=eval_images, ratios=_floats("--ratios", ratios),
         importances=[i.strip() for i in importances.split(",") if i.strip()], recover_steps=recover_steps,
-        recover_lr=recover_lr, prune_steps=prune_steps, recover_teacher=recover_teacher, finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
+        recover_lr=recover_lr, prune_steps=prune_steps, recover_teacher=recover_teacher,
+        recover_views=",".join(parse_views(recover_views)), finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
         box_jitter=box_jitter, protect=parse_int_list("--protect-blocks", protect_blocks) if protect_blocks else None,
         seed=seed, refit=refit, allocation=allocation, distill_steps=distill_steps, distill_lr=distill_lr,
     )
