@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
-import socket
 
 import torch
 
+from medcore_tp.machine import machine_info
 
-def machine_info(device: str = "cpu") -> dict:
-    """Host, CPU, thread count, torch version and (for CUDA) the GPU name."""
-    info = {
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+__all__ = ["machine_info", "machine_tag"]
 
 
 def machine_tag(device: str = "cpu") -> str:

@@ -17,7 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _table(path: str) -> str:
     data = json.load(open(path))
     m = data["machine"]
-    head = (f"**{data['model']}** dense vs pruned (`{os.path.basename(path)}`; {m['processor']}, "
+    cpu = m.get("cpu_model") or m["processor"]  # older records lack the model name
+    head = (f"**{data['model']}** dense vs pruned (`{os.path.basename(path)}`; {cpu}, "
             f"{m['cpu_count']} cores, {m['torch_threads']} torch threads, torch {m['torch']}"
             + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
             + (f"; load average {m['load_average_1_5_15'][0]:.1f} at the end" if "load_average_1_5_15" in m else "")

@@ -102,7 +102,8 @@ RECIPE_TABLES = (
     "lite_medsam_recovery_steps", "lite_medsam_importance_refit", "lite_medsam_importance_refit100",
     "lite_medsam_importance_refit_all", "lite_medsam_importance_refit100_r30",
     "lite_medsam_importance_refit100_r60", "lite_medsam_importance_refit200", "lite_medsam_recovery_stem",
-    "lite_medsam_importance_refit_all200", "lite_medsam_importance_refit_all400",
+    "lite_medsam_importance_refit_all200", "lite_medsam_importance_refit_all400", "lite_medsam_recovery_lr_obs",
+    "lite_medsam_importance_refit_all200_r30",
 )
 
 

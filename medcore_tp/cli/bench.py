@@ -15,6 +15,7 @@ from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_device, parse_int_list, table
 from medcore_tp.errors import MedcoreError
+from medcore_tp.machine import machine_info
 from medcore_tp.models import PACKAGED, build_model
 
 
@@ -26,16 +27,8 @@ def _names(option: str, text: str, allowed) -> list[str]:
 
 
 def _machine(device: torch.device) -> dict:
-    import platform
-    import socket
-
-    info = {"host": socket.gethostname(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
-            # other jobs on the same cores slow both models; the ratios hold better than the seconds
-            "load_average_1_5_15": list(os.getloadavg())}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+    # other jobs on the same cores slow both models; the ratios hold better than the seconds
+    info = dict(machine_info(str(device)), load_average_1_5_15=list(os.getloadavg()))
     try:
         import onnxruntime
 
