@@ -1,6 +1,7 @@
 """medcore-tp: boundary-preserving structured pruning of MedSAM-style encoders with Torch-Pruning."""
 
 from medcore_tp.checkpoint import load_model, load_pruned, save_pruned
+from medcore_tp.conv_bn_fold import fold_conv_bn
 from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import BlockPlan, PruningSpec, apply_plan, build_graph, prepare_pruning
 from medcore_tp.importance import BoundaryFisherImportance, FirstOrderMedCoreImportance, MedCoreImportance
@@ -22,6 +23,7 @@ __all__ = [
     "build_graph",
     "build_model",
     "default_weights",
+    "fold_conv_bn",
     "input_spec",
     "load_model",
     "load_pruned",

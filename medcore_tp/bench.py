@@ -5,9 +5,10 @@ For every (backend, dtype, batch) the dense and the pruned model are timed alter
 with its min and max. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
 decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
 
-Backends: ``torch`` (eager, segment_anything's own attention), ``sdpa`` (eager with
-:mod:`medcore_tp.fast_attention`; SAM ViT only), ``compile`` (``torch.compile`` of the fastest eager
-variant: sdpa for SAM ViT, torch for TinyViT) and ``onnxruntime`` (the export of
+Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
+folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
+``sdpa`` (eager with :mod:`medcore_tp.fast_attention`; SAM ViT only), ``compile`` (``torch.compile``
+of the fastest eager variant: sdpa for SAM ViT, fold for TinyViT) and ``onnxruntime`` (the export of
 :mod:`medcore_tp.export`, fp32 only).
 """
 
@@ -25,12 +26,13 @@ import torch
 from torch import nn
 
 from medcore_tp.atomic import atomic_write
+from medcore_tp.conv_bn_fold import fold_conv_bn
 from medcore_tp.errors import MedcoreError
 from medcore_tp.export import BoxDecoder, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
 
-BACKENDS = ("torch", "sdpa", "compile", "onnxruntime")
+BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("encoder", "model")
 
@@ -79,7 +81,14 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
     notes = []
     if "sdpa" in backends and not is_vit:
         notes.append("sdpa: skipped, the fused rel-pos attention is for SAM's ViT (TinyViT keeps its own attention)")
+    if "fold" in backends and is_vit:
+        notes.append("fold: skipped, SAM's ViT has no batch norm to fold into a convolution")
     return notes
+
+
+def _runs(backend: str, is_vit: bool) -> bool:
+    """Whether ``backend`` applies to the architecture (sdpa to SAM ViT only, fold to TinyViT only)."""
+    return not ((backend == "sdpa" and not is_vit) or (backend == "fold" and is_vit))
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
@@ -88,9 +97,11 @@ def _sync(device: torch.device) -> Callable[[], None]:
 
 def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: torch.device, batch: int,
                   part: str, is_vit: bool) -> Callable[[], Any]:
-    model = exportable(model)
+    model = exportable(model)  # an eval-mode copy: folding and attention swaps leave the caller's model alone
     if backend in ("sdpa", "compile") and is_vit:
         use_sdpa(model)
+    if backend in ("fold", "compile") and not is_vit:
+        fold_conv_bn(model)
     model = model.to(device=device, dtype=dtype).eval()
     size = model.image_encoder.img_size
     images = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
@@ -175,7 +186,7 @@ def run_bench(
     sync = _sync(device)
     rows: list[BenchRow] = []
     eager_fp32: dict[tuple[int, int, str], float] = {}
-    combos = [(t, b, d, n, p) for t in threads for b in backends if not (b == "sdpa" and not is_vit)
+    combos = [(t, b, d, n, p) for t in threads for b in backends if _runs(b, is_vit)
               for d in dtypes for n in batches for p in parts]
     try:
         with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:

@@ -63,17 +63,25 @@ def test_bench_writes_table_csv_json_png(pruned_tiny, tmp_path):
     assert "speedup" in res.output and "FLOP ratio" in res.output
 
 
-def test_bench_lite_skips_sdpa_and_says_so(tmp_path):
+def test_bench_lite_skips_sdpa_and_says_so_and_folds(tmp_path):
     torch.manual_seed(0)
     model = build_model("lite-tiny", checkpoint=None)
     adapter_for(model).resize(model.image_encoder, [1, 1, 2], [40, 96, 150])
     save_pruned(model, tmp_path / "p.pth", base="lite-tiny")
-    res = run("bench", "--model", "lite-tiny", "--checkpoint", tmp_path / "p.pth", "--backends", "torch,sdpa",
+    res = run("bench", "--model", "lite-tiny", "--checkpoint", tmp_path / "p.pth", "--backends", "torch,sdpa,fold",
               "--parts", "encoder,model", "--repeats", 1, "--warmup", 0, "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
-    assert "sdpa: skipped" in res.output
+    assert "sdpa: skipped" in res.output and "fold: skipped" not in res.output
     rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
-    assert [(r["backend"], r["part"]) for r in rows] == [("torch", "encoder"), ("torch", "model")]
+    assert [(r["backend"], r["part"]) for r in rows] == [(b, p) for b in ("torch", "fold") for p in ("encoder", "model")]
+
+
+def test_bench_vit_skips_fold_and_says_so(pruned_tiny, tmp_path):
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,fold",
+              "--repeats", 1, "--warmup", 0, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "fold: skipped, SAM's ViT has no batch norm" in res.output
+    assert [r["backend"] for r in json.loads((tmp_path / "bench.json").read_text())["rows"]] == ["torch"]
 
 
 def test_bench_threads_measures_each_count_and_restores_torch(pruned_tiny, tmp_path):
