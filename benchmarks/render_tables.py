@@ -225,6 +225,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "cross_modality_refit_all200": _from_csv("cross_modality", "cross_table", "cross_modality_refit_all200_cpu2.csv"),
     "cross_modality_xlong": _from_csv("cross_modality", "cross_table", "cross_modality_xlong_cpu2.csv"),
     "cross_modality_xlong_paired": _from_csv("cross_modality", "cross_paired_table", "cross_modality_xlong_cpu2_paired.csv"),
+    "cross_modality_xlong_dense_r60": _from_csv("cross_modality", "cross_table", "cross_modality_xlong_dense_r60_cpu2.csv"),
     "cross_modality_refit": _from_csv("cross_modality", "cross_table", "cross_modality_refit_cpu2.csv"),
     "cross_modality_refit_paired": _from_csv("cross_modality", "cross_paired_table",
                                              "cross_modality_refit_cpu2_paired.csv"),
