@@ -78,17 +78,19 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
         raise MedcoreError(f"--device {device}: the onnxruntime backend is measured on cpu only here")
     if device.type == "cpu" and "fp16" in dtypes:
         raise MedcoreError("--dtype fp16: PyTorch has no fast fp16 kernels on the CPU; use bf16 or fp32 there")
-    notes = []
-    if "sdpa" in backends and not is_vit:
-        notes.append("sdpa: skipped, the fused rel-pos attention is for SAM's ViT (TinyViT keeps its own attention)")
-    if "fold" in backends and is_vit:
-        notes.append("fold: skipped, SAM's ViT has no batch norm to fold into a convolution")
-    return notes
+    return [f"{b}: skipped, {_ONE_FAMILY[b][1]}" for b in backends if not _runs(b, is_vit)]
+
+
+# backends for one encoder family only: (runs on SAM ViT?, why it is skipped on the other family)
+_ONE_FAMILY = {
+    "sdpa": (True, "the fused rel-pos attention is for SAM's ViT (TinyViT keeps its own attention)"),
+    "fold": (False, "SAM's ViT has no batch norm to fold into a convolution"),
+}
 
 
 def _runs(backend: str, is_vit: bool) -> bool:
-    """Whether ``backend`` applies to the architecture (sdpa to SAM ViT only, fold to TinyViT only)."""
-    return not ((backend == "sdpa" and not is_vit) or (backend == "fold" and is_vit))
+    """Whether ``backend`` applies to the architecture (:data:`_ONE_FAMILY`; the others run on both)."""
+    return backend not in _ONE_FAMILY or _ONE_FAMILY[backend][0] == is_vit
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
