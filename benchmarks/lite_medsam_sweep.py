@@ -5,7 +5,7 @@
 (least-squares refit, equal-count allocation, 100 recovery steps per stage), ``refit``, the refit
 alone, or ``progressive`` / ``progressive-dense`` (MedCore at 50% only: 4 progressive stages of 50
 recovery steps, towards the model as each stage starts / the dense model) or ``long`` (MedCore at 50%,
-the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery; ``refit-obs`` / ``default-obs`` / ``long-obs``: the ``refit`` importance, refit alone at 0.5, 0.3, 0.6 / with 2 x 100 / 2 x 200 recovery steps at 0.5 (``default-obs-lr3e-5``: 2 x 100 at lr 3e-5; ``default-obs-dense``: towards the dense model; ``default-obs-flips``: drawing from each image and its two mirrors; ``default-obs-frozen-stem``: ``default-obs`` rerun after recovery stopped training the stem); ``default-obs-ratios``: 2 x 100 at 0.3 and 0.6; ``default-obs-all``: 2 x 100 at 0.5 calibrated and recovered on all 120 training images instead of 32 (``long-obs-all``: 2 x 200, ``long-obs-all-r30`` the same at 0.3; ``xlong-obs-all``: 2 x 400, after recovery stopped training the stem; ``xlong-obs-all-lr3e-5`` the same at lr 3e-5, ``xlong-obs-all-r30-lr3e-5`` that at 0.3; ``xlong-obs-all-r60``: ``xlong-obs-all`` at 0.6; ``...-lr3e-5-dense``: the lr 3e-5 ones towards the dense model); ``refit-ct``: the refit alone at 0.5 for ``refit``, MedCore, Taylor and random in one sweep, whose models ``cross_modality.py`` evaluates on CT) or ``default200`` (what ``prune --data`` does now,
+the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery; ``refit-obs`` / ``default-obs`` / ``long-obs``: the ``refit`` importance, refit alone at 0.5, 0.3, 0.6 / with 2 x 100 / 2 x 200 recovery steps at 0.5 (``default-obs-lr3e-5``: 2 x 100 at lr 3e-5; ``default-obs-dense``: towards the dense model; ``default-obs-flips``: drawing from each image and its two mirrors; ``default-obs-frozen-stem``: ``default-obs`` rerun after recovery stopped training the stem); ``default-obs-ratios``: 2 x 100 at 0.3 and 0.6; ``default-obs-all``: 2 x 100 at 0.5 calibrated and recovered on all 120 training images instead of 32 (``long-obs-all``: 2 x 200, ``long-obs-all-r30`` the same at 0.3; ``xlong-obs-all``: 2 x 400, after recovery stopped training the stem; ``xlong-obs-all-lr3e-5`` the same at lr 3e-5, ``xlong-obs-all-r30-lr3e-5`` that at 0.3; ``xlong-obs-all-r60``: ``xlong-obs-all`` at 0.6; ``...-lr3e-5-dense``: the lr 3e-5 ones towards the dense model, ``xlong-obs-all-dense`` the lr 1e-5 one; ``xlong-obs-all-lr3e-5-dense-cosine``: the lr 3e-5 one annealed to 0 within each stage); ``refit-ct``: the refit alone at 0.5 for ``refit``, MedCore, Taylor and random in one sweep, whose models ``cross_modality.py`` evaluates on CT) or ``default200`` (what ``prune --data`` does now,
 200 recovery steps per stage, MedCore and Taylor at 0.5, 0.3, 0.6; its MedCore 50% point is ``long``'s). ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
 folders in ``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only).
 Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
@@ -20,7 +20,7 @@ sessions: collecting also keeps each finished point's records (``point.json``, `
 ``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
 ``--sweep`` folder that lacks them, so that the sweep resumes after them.
 
-Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300|refit-obs|default-obs|default-obs-ratios|default-obs-all|default-obs-lr3e-5|default-obs-dense|default-obs-flips|default-obs-frozen-stem|long-obs-all-r30|xlong-obs-all|xlong-obs-all-lr3e-5|xlong-obs-all-r30-lr3e-5|xlong-obs-all-r60|xlong-obs-all-lr3e-5-dense|xlong-obs-all-r30-lr3e-5-dense|refit-ct|long-obs|long-obs-all] [--run] [--sweep out/sweep-lite]
+Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300|refit-obs|default-obs|default-obs-ratios|default-obs-all|default-obs-lr3e-5|default-obs-dense|default-obs-flips|default-obs-frozen-stem|long-obs-all-r30|xlong-obs-all|xlong-obs-all-lr3e-5|xlong-obs-all-r30-lr3e-5|xlong-obs-all-r60|xlong-obs-all-dense|xlong-obs-all-lr3e-5-dense|xlong-obs-all-lr3e-5-dense-cosine|xlong-obs-all-r30-lr3e-5-dense|refit-ct|long-obs|long-obs-all] [--run] [--sweep out/sweep-lite]
 [--leverage out/leverage-lite] [--no-leverage]``
 """
 
@@ -99,8 +99,15 @@ RECIPES = {
     # the two lr 3e-5 recipes above recovering towards the dense model in both stages
     "xlong-obs-all-lr3e-5-dense": _recipe("lite_medsam_xlong_obs_all_lr3e-5_dense", "0.5", "refit", 400, "--recover-lr",
                                           "3e-5", "--recover-teacher", "dense", calib=60),
+    # "xlong-obs-all-lr3e-5-dense" with the learning rate annealed from 3e-5 to 0 within each stage
+    "xlong-obs-all-lr3e-5-dense-cosine": _recipe("lite_medsam_xlong_obs_all_lr3e-5_dense_cosine", "0.5", "refit", 400,
+                                                 "--recover-lr", "3e-5", "--recover-teacher", "dense",
+                                                 "--recover-schedule", "cosine", calib=60),
     "xlong-obs-all-r30-lr3e-5-dense": _recipe("lite_medsam_xlong_obs_all_r30_lr3e-5_dense", "0.3", "refit", 400,
                                               "--recover-lr", "3e-5", "--recover-teacher", "dense", calib=60),
+    # "xlong-obs-all" (lr 1e-5) towards the dense model in both stages
+    "xlong-obs-all-dense": _recipe("lite_medsam_xlong_obs_all_dense", "0.5", "refit", 400, "--recover-teacher", "dense",
+                                   calib=60),
     # "xlong-obs-all" (lr 1e-5) at 60%, the README's default ratio
     "xlong-obs-all-r60": _recipe("lite_medsam_xlong_obs_all_r60", "0.6", "refit", 400, calib=60),
     # "long-obs-all" at 30%

@@ -44,7 +44,7 @@ from medcore_tp.recipe import (
     statistics,
 )
 from medcore_tp.reconstruction import ReconstructionStatistics, collect_statistics, refit, refit_paired
-from medcore_tp.recovery import hold_back, recover
+from medcore_tp.recovery import SCHEDULES, hold_back, recover
 from medcore_tp.refit_importance import RefitImportance, refit_ranks
 
 HELD_BACK = 4  # calibration images held back from recovery to measure it
@@ -154,7 +154,8 @@ class PruneConfig:
     ``recover_views``: the views of each training calibration image recovery draws from
     (:data:`medcore_tp.distill.VIEWS`: ``identity``, ``hflip``, ``vflip``; boxes and masks mirrored
     with the image, the teacher's outputs computed on the mirrored image); the held-back images are
-    measured as they are.
+    measured as they are. ``recover_schedule``: ``constant`` (``recover_lr`` at every step) or
+    ``cosine`` (annealed from ``recover_lr`` to 0 within each stage, :func:`medcore_tp.recovery.learning_rates`).
     """
 
     importance: str = "refit"
@@ -179,6 +180,7 @@ class PruneConfig:
     prune_steps: int = 1
     recover_teacher: str = "stage"
     recover_views: tuple[str, ...] = ("identity",)
+    recover_schedule: str = "constant"
 
     def check(self, arch: nn.Module) -> Ratios:
         """Validate everything that can be checked on the bare architecture, before any work."""
@@ -195,6 +197,9 @@ class PruneConfig:
                 raise MedcoreError(f"{name} {value}: must be {rule}", name)
         if self.refit not in REFITS:
             raise MedcoreError(f"refit {self.refit}: must be one of {', '.join(REFITS)}", "refit")
+        if self.recover_schedule not in SCHEDULES:
+            raise MedcoreError(f"recover_schedule {self.recover_schedule}: must be one of {', '.join(SCHEDULES)}",
+                               "recover_schedule")
         if self.recover_teacher not in TEACHERS:
             raise MedcoreError(f"recover_teacher {self.recover_teacher}: must be one of {', '.join(TEACHERS)}",
                                "recover_teacher")
@@ -406,12 +411,13 @@ def prune_scored(
             best = BestState()
             curve = recover(model, teacher, train, steps=steps, lr=config.recover_lr, seed=config.seed + len(recovery),
                             progress=config.progress, description=f"recovery after {stage}", batch_size=rbatch,
-                            monitor=held, best=best, checks=checks_for(steps))
+                            monitor=held, best=best, checks=checks_for(steps), schedule=config.recover_schedule)
             # the checks measured the loss too: the first one before any step, the kept one on the
             # weights the encoder ends with
             held_before = best.checks[0]["loss"] if held else None
             held_after = next(c["loss"] for c in best.checks if c["step"] == best.kept_step) if held else None
-            recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "lr": config.recover_lr, "loss": curve,
+            recovery.append({"stage": stage, "steps": steps, "batch_size": rbatch, "lr": config.recover_lr,
+                             "schedule": config.recover_schedule, "loss": curve,
                              "held_back_images": len(held), "held_back_before": held_before,
                              "held_back_after": held_after, "checks": best.checks, "kept_step": best.kept_step,
                              "stem_not_trained": stem, "views": list(config.recover_views),

@@ -16,7 +16,8 @@ Each term is a mean over pixels (or embedding entries) of each sample, averaged 
 The teacher is frozen for the whole stage, so its embedding and logits are computed once per sample
 (:class:`TeacherOutputs`) the first time that sample is drawn: with 100 draws from about 30
 calibration images a step mostly costs one student forward + backward.
-Only the encoder's trunk trains (AdamW, lr 1e-5 unless told otherwise, weight decay 0): its stem (the
+Only the encoder's trunk trains (AdamW, lr 1e-5 unless told otherwise, weight decay 0; the rate held
+constant, or with ``schedule="cosine"`` annealed from lr to 0 along the stage's steps): its stem (the
 layers before the first prunable block, ``Adapter.STEM_PREFIXES``: LiteMedSAM's patch embedding and
 MBConv stage, SAM ViT's patch and position embeddings) is never pruned, so recovery leaves it as it is,
 and while the student's stem equals the teacher's, each sample's stem output is computed once, with the
@@ -28,6 +29,7 @@ same way on every rank and dealt out by rank, so N processes match one process w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -142,6 +144,7 @@ def recover(
     monitor: Sequence[CalibrationBatch] | None = None,
     best: BestState | None = None,
     checks: int = DEFAULT_CHECKS,
+    schedule: str = "constant",
 ) -> list[float]:
     """Train ``model``'s encoder towards ``teacher`` (frozen) in place; returns the per-step losses.
 
@@ -152,8 +155,10 @@ def recover(
     Dice / Boundary F1 and recovery loss (:func:`held_back_check`) are checked before the first step
     and ``checks`` times along the run, and the encoder ends with the weights of the best check when
     the last one is clearly worse (:class:`medcore_tp.monitor.BestState`; every process computes the
-    same checks).
+    same checks). ``schedule``: ``constant`` (lr at every step) or ``cosine`` (lr at the first step,
+    annealed to 0 after the last, :func:`learning_rates`).
     """
+    rates = learning_rates(lr, steps, schedule)
     if steps <= 0:
         return []
     watch = monitor is not None and best is not None and len(monitor) > 0
@@ -186,6 +191,8 @@ def recover(
             loss = sample_loss(model, targets, trained, mine)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = rates[step]
             optimizer.step()
             losses[step] = loss.detach() / world
             if step + 1 in check_at:
@@ -199,6 +206,20 @@ def recover(
     losses = losses.cpu()
     all_reduce_sum([losses])
     return losses.tolist()
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rates(lr: float, steps: int, schedule: str = "constant") -> list[float]:
+    """The learning rate of each of ``steps`` steps: ``constant``, ``lr`` throughout; ``cosine``,
+    ``lr * (1 + cos(pi * s / steps)) / 2`` at step s = 0 .. steps - 1 (``lr`` first, decaying towards 0:
+    the late steps average out the single-sample noise of the early ones)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule}: must be one of {', '.join(SCHEDULES)}")
+    if schedule == "constant":
+        return [lr] * steps
+    return [lr * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in range(steps)]
 
 
 def sample_loss(model: nn.Module, targets: TeacherOutputs, encoder: torch.nn.Module | None, idx: Sequence[int]) -> torch.Tensor:

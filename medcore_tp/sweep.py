@@ -84,6 +84,7 @@ class SweepConfig:
     prune_steps: int = 1
     recover_teacher: str = "stage"
     recover_views: str = "identity"  # comma-separated (a string, so settings.json compares as written)
+    recover_schedule: str = "constant"
     finetune_epochs: int = 0
     calib_size: int = 128
     batch_size: int = 8
@@ -296,7 +297,8 @@ def run_sweep(
     say = log or (bar.write if progress else print)
     say(f"sweep: {len(points)} points ({len(config.ratios)} ratios x {len(config.importances)} importances) and the "
         f"dense model, refit {config.refit}, {config.allocation} allocation, {config.distill_steps} distillation steps, "
-        f"{_stages(config.prune_steps)}, {config.recover_steps} recovery steps per stage at lr {config.recover_lr:g} "
+        f"{_stages(config.prune_steps)}, {config.recover_steps} recovery steps per stage at lr {config.recover_lr:g}"
+        f"{' (cosine)' if config.recover_schedule == 'cosine' else ''} "
         f"towards the {'dense model' if config.recover_teacher == 'dense' else 'model as each stage starts'}"
         f"{'' if config.recover_views == 'identity' else ' on views ' + config.recover_views}, "
         f"{config.finetune_epochs} fine-tuning epochs, "
@@ -362,8 +364,8 @@ def _prune_config(config: SweepConfig, importance: str, ratio: float) -> PruneCo
         ratios=RatioRequest(ratio=ratio, protect=None if config.protect is None else tuple(config.protect)),
         data=tuple(config.data), calib_size=config.calib_size, batch_size=config.batch_size,
         recover_steps=config.recover_steps, recover_lr=config.recover_lr, prune_steps=config.prune_steps,
-        recover_teacher=config.recover_teacher, seed=config.seed, refit=config.refit,
-        recover_views=tuple(v.strip() for v in config.recover_views.split(",") if v.strip()),
+        recover_teacher=config.recover_teacher, recover_schedule=config.recover_schedule, seed=config.seed,
+        refit=config.refit, recover_views=tuple(v.strip() for v in config.recover_views.split(",") if v.strip()),
         distill_steps=config.distill_steps, distill_lr=config.distill_lr,
         allocation=_point_allocation(config, importance),
     )

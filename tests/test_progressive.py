@@ -158,16 +158,20 @@ def test_recovery_views_draw_mirrored_samples_with_the_teachers_outputs_on_them(
     assert not torch.allclose(logits, original.flip(-1), atol=1e-4)
     with pytest.raises(MedcoreError, match="recover_views identity,rotate: give distinct views"):
         PruneConfig(recover_views=("identity", "rotate")).check(tiny_model)
+    with pytest.raises(MedcoreError, match="recover_schedule linear: must be one of constant, cosine"):
+        PruneConfig(recover_schedule="linear").check(tiny_model)
 
 
 def test_cli_progressive_prune_records_its_stages_and_refuses_zero_steps(tmp_path):
     runner = CliRunner()
     args = ["prune", "--model", "tiny", "--random-init", "--ratio", "0.4", "--calib-size", "2", "--no-report",
             "--no-progress", "--recover-steps", "1"]
-    res = runner.invoke(main, [*args, "--prune-steps", "3", "--recover-teacher", "dense", "--out", str(tmp_path / "o")])
+    res = runner.invoke(main, [*args, "--prune-steps", "3", "--recover-teacher", "dense", "--recover-schedule", "cosine",
+                               "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["prune_steps"] == 3 and summary["recover_teacher"] == "dense"
+    assert all(r["schedule"] == "cosine" for r in summary["recovery"])
     assert [r["stage"] for r in summary["recovery"]] == ["step 1/3", "step 2/3", "step 3/3"]
     assert abs(summary["encoder_params_removed_fraction"] - 0.4) < 0.01
     assert "recovery after removing step 1/3" in res.output

@@ -16,6 +16,7 @@ from medcore_tp.paths import data_root
 from medcore_tp.recovery import (
     TeacherOutputs,
     held_back_check,
+    learning_rates,
     pool_loss,
     recover,
     recovery_loss,
@@ -178,3 +179,36 @@ def test_cached_teacher_outputs_equal_recomputed_ones_and_are_computed_once(tiny
                                        rtol=0, atol=0)
     again, _ = targets.get([0])
     assert targets.computed == 2 and torch.equal(again, emb[1:2])
+
+
+def test_learning_rates_are_constant_or_a_cosine_from_lr_towards_zero():
+    assert learning_rates(2e-5, 3) == [2e-5] * 3
+    rates = learning_rates(1e-3, 4, "cosine")
+    assert rates == pytest.approx([1e-3, 1e-3 * (1 + 2**-0.5) / 2, 5e-4, 1e-3 * (1 - 2**-0.5) / 2])
+    assert learning_rates(1e-3, 0, "cosine") == []
+    with pytest.raises(ValueError, match="schedule linear: must be one of constant, cosine"):
+        learning_rates(1e-3, 4, "linear")
+
+
+def test_a_cosine_recovery_takes_its_steps_at_the_scheduled_rates(tiny_model):
+    """AdamW's first update of each weight is lr * g / (|g| + eps): about lr wherever the gradient is
+    not tiny, so the largest change after each step shows the rate the step used."""
+    pool = [synthetic_batch(2, input_spec(tiny_model))]
+    teacher = copy.deepcopy(tiny_model)
+    prepare_pruning(tiny_model)
+    apply_plan(tiny_model.image_encoder, {b: BlockPlan(heads=(0,), mlp=tuple(range(64))) for b in range(4)})
+    start = copy.deepcopy(tiny_model)
+
+    def largest_change(model):
+        return max((p - q).abs().max().item() for (n, p), (_, q) in zip(model.named_parameters(),
+                                                                            start.named_parameters(), strict=True))
+
+    lr = 1e-3
+    recover(tiny_model, teacher, pool, steps=1, lr=lr, schedule="cosine")
+    assert largest_change(tiny_model) == pytest.approx(lr, rel=1e-3)
+    constant, cosine = copy.deepcopy(start), copy.deepcopy(start)
+    recover(constant, teacher, pool, steps=8, lr=lr)
+    recover(cosine, teacher, pool, steps=8, lr=lr, schedule="cosine")
+    # at most the sum of the step rates: 8 lr at a constant rate, half of that on the cosine
+    assert largest_change(constant) > sum(learning_rates(lr, 8, "cosine")) * 1.05
+    assert largest_change(cosine) <= sum(learning_rates(lr, 8, "cosine")) * 1.001

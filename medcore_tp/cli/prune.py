@@ -72,6 +72,8 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
                    "[default: 200; 40 without --data; 0 with --random-init].")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
+@click.option("--recover-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Recovery learning rate within each stage: --recover-lr throughout, or annealed from it to 0 (cosine).")
 @click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="1: the cascade (heads, then MLP channels, each refitted and recovered); K >= 2: progressive, "
                    "K stages each removing about 1/K of every block's heads and channels, each refitted and recovered.")
@@ -107,7 +109,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @overwrite_option
 def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_weights, mask_threshold, ratio,
           importance, heads_ratio, mlp_ratio, protect_blocks, alpha, calib_size, batch_size, recover_steps, recover_lr,
-          prune_steps, recover_teacher, recover_views, refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
+          recover_schedule, prune_steps, recover_teacher, recover_views, refit, allocation, distill_steps, distill_lr, recover_batch_size, report, device, round_to, seed, no_progress, out_dir, overwrite) -> None:
     """Prune whole heads and MLP channels of the image encoder; writes pruned.pth, summary.json, scores.csv.
 
     With no options at all beyond --ratio it prunes the packaged LiteMedSAM on the built-in synthetic
@@ -151,6 +153,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         recover_steps=recover_steps,
         recover_batch_size=recover_batch_size,
         recover_lr=recover_lr,
+        recover_schedule=recover_schedule,
         prune_steps=prune_steps,
         recover_teacher=recover_teacher,
         recover_views=parse_views(recover_views),

@@ -39,6 +39,8 @@ def _folders(text: str | None) -> list[str] | None:
               help="Recovery steps after each pruning stage (0: none).")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
+@click.option("--recover-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Recovery learning rate within each stage: --recover-lr throughout, or annealed from it to 0 (cosine).")
 @click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="1: the cascade (heads, then MLP channels); K >= 2: progressive, K stages each removing about "
                    "1/K of every block's heads and channels, each refitted and recovered.")
@@ -70,7 +72,7 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder (resumable).")
 def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eval_images, ratios, importances, recover_steps,
-          recover_lr, prune_steps, recover_teacher, recover_views, refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
+          recover_lr, recover_schedule, prune_steps, recover_teacher, recover_views, refit, allocation, distill_steps, distill_lr, finetune_epochs, calib_size, batch_size, repeats, box_jitter, protect_blocks, device, seed, no_progress,
           out_dir) -> None:
     """Prune at every ratio with every importance from the same dense model; write sweep.csv, sweep.json,
     comparisons.csv and pareto.png. A rerun with the same --out finishes an interrupted sweep."""
@@ -82,7 +84,7 @@ def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eva
         model=model_name, checkpoint=checkpoint, source_checkpoint=source_checkpoint, data=_folders(data) or [],
         eval_data=_folders(eval_data), split=split, eval_images=eval_images, ratios=_floats("--ratios", ratios),
         importances=[i.strip() for i in importances.split(",") if i.strip()], recover_steps=recover_steps,
-        recover_lr=recover_lr, prune_steps=prune_steps, recover_teacher=recover_teacher,
+        recover_lr=recover_lr, recover_schedule=recover_schedule, prune_steps=prune_steps, recover_teacher=recover_teacher,
         recover_views=",".join(parse_views(recover_views)), finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
         box_jitter=box_jitter, protect=parse_int_list("--protect-blocks", protect_blocks) if protect_blocks else None,
         seed=seed, refit=refit, allocation=allocation, distill_steps=distill_steps, distill_lr=distill_lr,
