@@ -8,8 +8,9 @@ decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torc
 Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
 folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
 ``sdpa`` (eager with :mod:`medcore_tp.fast_attention`; SAM ViT only), ``compile`` (``torch.compile``
-of the fastest eager variant: sdpa for SAM ViT, fold for TinyViT) and ``onnxruntime`` (the export of
-:mod:`medcore_tp.export`, fp32 only).
+of the fastest eager variant: sdpa for SAM ViT, fold for TinyViT), ``onnxruntime`` (the export of
+:mod:`medcore_tp.export`, fp32 only) and ``openvino`` (the same export in OpenVINO on the CPU, fp32 or
+bf16, :mod:`medcore_tp.runtime`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from medcore_tp.export import BoxDecoder, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
 
-BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime")
+BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime", "openvino")
+EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("encoder", "model")
 
@@ -47,7 +49,7 @@ class BenchRow:
     dtype: str
     batch: int
     part: str
-    threads: int  # intra-op threads of torch and of ONNX Runtime for this row
+    threads: int  # intra-op threads of torch, ONNX Runtime and OpenVINO for this row
     dense_median_s: float
     dense_min_s: float
     dense_max_s: float
@@ -70,15 +72,29 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
     for d in dtypes:
         if d not in DTYPES:
             raise MedcoreError(f"--dtype {d}: unknown dtype, choose from {', '.join(DTYPES)}")
-    if "onnxruntime" in backends and any(d != "fp32" for d in dtypes):
-        bad = next(d for d in dtypes if d != "fp32")
-        raise MedcoreError(f"--dtype {bad}: the onnxruntime backend runs the fp32 export only; "
-                           "leave onnxruntime out of --backends or use --dtype fp32")
-    if "onnxruntime" in backends and device.type != "cpu":
-        raise MedcoreError(f"--device {device}: the onnxruntime backend is measured on cpu only here")
+    for b in backends:
+        allowed = _DTYPES_OF.get(b, tuple(DTYPES))
+        if not any(d in allowed for d in dtypes):
+            raise MedcoreError(f"--dtype {','.join(dtypes)}: the {b} backend runs {' or '.join(allowed)} only; "
+                               f"leave {b} out of --backends or add --dtype {allowed[0]}")
+    for b in EXPORTED:
+        if b in backends and device.type != "cpu":
+            raise MedcoreError(f"--device {device}: the {b} backend is measured on cpu only here")
+    if "openvino" in backends and "bf16" in dtypes:
+        from medcore_tp.runtime import openvino_bf16
+
+        if not openvino_bf16():
+            raise MedcoreError("--dtype bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 "
+                               "or AMX); use --dtype fp32")
     if device.type == "cpu" and "fp16" in dtypes:
         raise MedcoreError("--dtype fp16: PyTorch has no fast fp16 kernels on the CPU; use bf16 or fp32 there")
-    return [f"{b}: skipped, {_ONE_FAMILY[b][1]}" for b in backends if not _runs(b, is_vit)]
+    notes = [f"{b}: skipped, {_ONE_FAMILY[b][1]}" for b in backends if not _runs(b, is_vit)]
+    return notes + [f"{b} {d}: skipped, the {b} backend runs {' or '.join(_DTYPES_OF[b])} only"
+                    for b in backends if b in _DTYPES_OF and _runs(b, is_vit) for d in dtypes if d not in _DTYPES_OF[b]]
+
+
+# dtypes of the backends that do not run every dtype (ONNX Runtime: the fp32 export as it is)
+_DTYPES_OF = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 
 
 # backends for one encoder family only: (runs on SAM ViT?, why it is skipped on the other family)
@@ -88,8 +104,11 @@ _ONE_FAMILY = {
 }
 
 
-def _runs(backend: str, is_vit: bool) -> bool:
-    """Whether ``backend`` applies to the architecture (:data:`_ONE_FAMILY`; the others run on both)."""
+def _runs(backend: str, is_vit: bool, dtype: str | None = None) -> bool:
+    """Whether ``backend`` applies to the architecture (:data:`_ONE_FAMILY`; the others run on both)
+    and, given ``dtype``, runs it (:data:`_DTYPES_OF`)."""
+    if dtype is not None and dtype not in _DTYPES_OF.get(backend, tuple(DTYPES)):
+        return False
     return backend not in _ONE_FAMILY or _ONE_FAMILY[backend][0] == is_vit
 
 
@@ -125,16 +144,16 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
     return encode if part == "encoder" else whole
 
 
-def _ort_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str,
-                threads: int) -> Callable[[], Any]:
+def _export_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str,
+                   threads: int, runtime: str, precision: str) -> Callable[[], Any]:
     import numpy as np
 
     from medcore_tp.runtime import OnnxSam
 
     path = folder / f"{label}.onnx"
-    if not path.exists():
+    if not path.exists():  # exported once, run by every runtime
         export_onnx(model, path, name, pruned=label == "pruned")
-    ort_model = OnnxSam(path, threads=threads)
+    ort_model = OnnxSam(path, threads=threads, runtime=runtime, precision=precision)
     size = ort_model.image_encoder.img_size
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     boxes = np.array([[0.2, 0.25, 0.7, 0.8]] * batch, dtype=np.float32) * size
@@ -188,16 +207,16 @@ def run_bench(
     sync = _sync(device)
     rows: list[BenchRow] = []
     eager_fp32: dict[tuple[int, int, str], float] = {}
-    combos = [(t, b, d, n, p) for t in threads for b in backends if _runs(b, is_vit)
-              for d in dtypes for n in batches for p in parts]
+    combos = [(t, b, d, n, p) for t in threads for b in backends for d in dtypes if _runs(b, is_vit, d)
+              for n in batches for p in parts]
     try:
         with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:
             for t, backend, dtype, batch, part in combos:
                 torch.set_num_threads(t)
                 what = f"{backend} {dtype} batch {batch} {part}, {t} thread{'s' if t > 1 else ''}"
                 log(f"{what}: preparing")
-                if backend == "onnxruntime":
-                    runs = {label: _ort_runner(m, Path(tmp), label, batch, part, name, t)
+                if backend in EXPORTED:
+                    runs = {label: _export_runner(m, Path(tmp), label, batch, part, name, t, backend, dtype)
                             for label, m in (("dense", dense), ("pruned", pruned))}
                 else:
                     runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part, is_vit)

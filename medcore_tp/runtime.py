@@ -1,9 +1,15 @@
-"""Running an ONNX export in ONNX Runtime, in the shape the rest of medcore-tp expects of a model.
+"""Running an ONNX export in ONNX Runtime or OpenVINO, in the shape the rest of medcore-tp expects of a model.
 
 :class:`OnnxSam` opens the encoder file written by ``medcore-tp export --format onnx`` and the box
 decoder beside it, and offers what :func:`medcore_tp.evaluate.evaluate` and
 :func:`medcore_tp.inference.predict_logits` use: ``image_encoder.img_size``, the resize mode, a
 ``device`` and ``predict_logits(images, boxes)``, so the same data, boxes and metrics run through it.
+
+Runtimes (:data:`RUNTIMES`): ``onnxruntime`` (fp32) and ``openvino`` (CPU; ``fp32``, or ``bf16``
+where the CPU has bf16 arithmetic, e.g. AMX or AVX512-BF16: OpenVINO then runs its matrix products
+in bf16, which changes the outputs by about 1-2% of their scale, so measure the segmentation with
+``evaluate --backend openvino --dtype bf16`` before deploying it). OpenVINO's own default on such CPUs
+is bf16; here fp32 stays fp32 unless bf16 is asked for.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.export import read_onnx_record
 from medcore_tp.preprocessing import InputSpec
 
-__all__ = ["OnnxSam", "load_onnx_model", "ort_session"]
+RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+
+__all__ = ["PRECISIONS", "RUNTIMES", "OnnxSam", "load_onnx_model", "openvino_bf16", "ort_session", "ov_session"]
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, device: str = "cpu"):
@@ -41,12 +50,60 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, device: str
     return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
 
 
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise MedcoreError("--backend openvino needs openvino: pip install medcore-tp[export]") from None
+    return openvino
+
+
+def openvino_bf16() -> bool:
+    """Whether OpenVINO can run bf16 arithmetic on this machine's CPU."""
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class _OpenVinoSession:
+    """An OpenVINO compiled model with ONNX Runtime's ``run(None, feeds)`` call (outputs in order)."""
+
+    def __init__(self, compiled) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+
+    def run(self, _names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._request.infer(feeds)
+        # copies: the request reuses its output buffers on the next call
+        return [np.array(result[port]) for port in self._compiled.outputs]
+
+
+def ov_session(path: str | os.PathLike, threads: int | None = None, precision: str = "fp32") -> _OpenVinoSession:
+    """An OpenVINO CPU model of the ONNX file ``path`` (``threads`` inference threads, default torch's
+    count), computing in ``precision`` (``fp32`` or ``bf16``), tuned for latency."""
+    if precision not in PRECISIONS:
+        raise MedcoreError(f"--dtype {precision}: openvino runs {' or '.join(PRECISIONS)}")
+    ov = _openvino()
+    if precision == "bf16" and not openvino_bf16():
+        raise MedcoreError("--dtype bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 or AMX)")
+    config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
+    return _OpenVinoSession(ov.Core().compile_model(os.fspath(path), "CPU", config))
+
+
 class OnnxSam:
-    """An exported encoder + box decoder pair in ONNX Runtime (inference only, fp32)."""
+    """An exported encoder + box decoder pair in ONNX Runtime or OpenVINO (inference only).
+
+    ``runtime``: ``onnxruntime`` (fp32; cpu or cuda) or ``openvino`` (cpu; ``precision`` fp32 or bf16)."""
 
     training = False
 
-    def __init__(self, encoder_file: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, encoder_file: str | os.PathLike, threads: int | None = None, device: str = "cpu",
+                 runtime: str = "onnxruntime", precision: str = "fp32") -> None:
+        if runtime not in RUNTIMES:
+            raise MedcoreError(f"--backend {runtime}: must be one of {', '.join(RUNTIMES)}")
+        if runtime == "onnxruntime" and precision != "fp32":
+            raise MedcoreError(f"--dtype {precision}: the onnxruntime backend runs fp32 only (openvino runs bf16)")
+        if runtime == "openvino" and device != "cpu":
+            raise MedcoreError(f"--device {device}: the openvino backend runs on cpu only here")
         record = read_onnx_record(encoder_file)
         if record.get("part") != "encoder":
             raise MedcoreError(f"--checkpoint {encoder_file}: holds the medcore-tp {record.get('part')} part; "
@@ -59,8 +116,13 @@ class OnnxSam:
             raise MedcoreError(f"--checkpoint {encoder_file}: {decoder_file} was exported from another model")
         self.record: dict[str, Any] = record
         self.encoder_file, self.decoder_file = Path(encoder_file), decoder_file
-        self.encoder = ort_session(encoder_file, threads, device)
-        self.decoder = ort_session(decoder_file, threads, device)
+        self.runtime, self.precision = runtime, precision
+        if runtime == "openvino":
+            self.encoder = ov_session(encoder_file, threads, precision)
+            self.decoder = ov_session(decoder_file, threads, precision)
+        else:
+            self.encoder = ort_session(encoder_file, threads, device)
+            self.decoder = ort_session(decoder_file, threads, device)
         self.image_encoder = SimpleNamespace(img_size=int(record["input_size"]))
         self.medcore_input_spec = InputSpec(int(record["input_size"]), int(record["logit_size"]),
                                             record["resize_mode"], record["normalisation"])
@@ -71,7 +133,7 @@ class OnnxSam:
 
     def train(self, mode: bool = True) -> OnnxSam:
         if mode:
-            raise MedcoreError("an ONNX Runtime model cannot be trained")
+            raise MedcoreError(f"an exported model in {self.runtime} cannot be trained")
         return self
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -92,19 +154,21 @@ class OnnxSam:
         return torch.from_numpy(self.decode(emb, boxes.detach().cpu().float().numpy()))
 
 
-def load_onnx_model(name: str, checkpoint: str | None, random_init: bool = False,
-                    device: str = "cpu") -> tuple[OnnxSam, dict[str, Any] | None]:
-    """``evaluate --backend onnxruntime``: the export at ``checkpoint``, checked against ``--model name``;
-    returns (model, architecture record when the export is of a pruned model, else None)."""
+def load_onnx_model(name: str, checkpoint: str | None, random_init: bool = False, device: str = "cpu",
+                    runtime: str = "onnxruntime", precision: str = "fp32") -> tuple[OnnxSam, dict[str, Any] | None]:
+    """``evaluate --backend onnxruntime|openvino``: the export at ``checkpoint``, checked against
+    ``--model name``; returns (model, architecture record when the export is of a pruned model, else None)."""
     from medcore_tp.models import model_config
 
     if random_init or checkpoint is None or not str(checkpoint).endswith(".onnx") and not os.path.isfile(checkpoint):
-        raise MedcoreError("--backend onnxruntime needs --checkpoint MODEL.onnx (written by medcore-tp export)")
+        raise MedcoreError(f"--backend {runtime} needs --checkpoint MODEL.onnx (written by medcore-tp export)")
+    if runtime == "openvino" and device not in ("auto", "cpu"):
+        raise MedcoreError(f"--device {device}: the openvino backend runs on cpu only here")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise MedcoreError(f"--device {device}: onnxruntime runs on cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedcoreError(f"--device {device}: CUDA is not available on this machine")
-    model = OnnxSam(checkpoint, device="cpu" if device == "auto" else device)
+    model = OnnxSam(checkpoint, device="cpu" if device == "auto" else device, runtime=runtime, precision=precision)
     base = model.record.get("model")
     if base is None or model_config(base) != model_config(name):
         raise MedcoreError(f"--checkpoint {checkpoint}: was exported from {base}, which is not the architecture "

@@ -101,6 +101,24 @@ def test_bench_threads_measures_each_count_and_restores_torch(pruned_tiny, tmp_p
     assert not (tmp_path / "x").exists()
 
 
+def test_bench_openvino_runs_the_export_and_skips_what_a_backend_cannot_run(pruned_tiny, tmp_path):
+    from medcore_tp.runtime import openvino_bf16
+
+    dtypes = ("fp32", "bf16") if openvino_bf16() else ("fp32",)
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,onnxruntime,openvino",
+              "--dtype", ",".join(dtypes), "--threads", "1", "--repeats", 1, "--warmup", 0, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    expected = [(b, d) for b in ("torch", "onnxruntime", "openvino") for d in dtypes
+                if not (b == "onnxruntime" and d == "bf16")]
+    assert [(r["backend"], r["dtype"]) for r in rows] == expected
+    if "bf16" in dtypes:
+        assert "onnxruntime bf16: skipped, the onnxruntime backend runs fp32 only" in res.output
+    eager = rows[0]["dense_median_s"]
+    for r in rows[1:]:  # every row against the eager fp32 dense model of the same run
+        assert r["pruned_vs_dense_torch_fp32"] == pytest.approx(eager / r["pruned_median_s"])
+
+
 def test_bench_cuda_without_gpu(pruned_tiny, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -111,8 +129,9 @@ def test_bench_cuda_without_gpu(pruned_tiny, tmp_path):
 
 def test_bench_dtype_the_backend_cannot_run(pruned_tiny, tmp_path):
     res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,onnxruntime",
-              "--dtype", "fp32,bf16", "--out", tmp_path)
-    assert "--dtype bf16: the onnxruntime backend runs the fp32 export only" in _error_line(res)
+              "--dtype", "bf16", "--out", tmp_path)
+    assert ("--dtype bf16: the onnxruntime backend runs fp32 only; leave onnxruntime out of --backends or add "
+            "--dtype fp32") in _error_line(res)
     res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "tensorrt", "--out", tmp_path)
     assert "--backends tensorrt: unknown backend" in _error_line(res)
     assert not list(tmp_path.iterdir())

@@ -1,5 +1,6 @@
-"""Export round trips on ``tiny`` and ``lite-tiny`` (pruned): ONNX Runtime == PyTorch, safetensors ->
-load_pruned == original, torch.export programs, evaluate through ONNX Runtime, and the one-line errors."""
+"""Export round trips on ``tiny`` and ``lite-tiny`` (pruned): ONNX Runtime and OpenVINO == PyTorch,
+safetensors -> load_pruned == original, torch.export programs, evaluate through ONNX Runtime and
+OpenVINO, and the one-line errors."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from medcore_tp.export import BoxDecoder, check_onnx, export, read_onnx_record
 from medcore_tp.inference import decode_logits, predict_logits
 from medcore_tp.models import build_model
 from medcore_tp.paths import data_dir
-from medcore_tp.runtime import OnnxSam
+from medcore_tp.runtime import OnnxSam, openvino_bf16
 from medcore_tp.synthetic import write_synthetic_dataset
 
 KVASIR = data_dir("kvasir-seg") / "images"  # a real image for the checks when the data is here
@@ -98,6 +99,28 @@ def test_onnx_dynamic_batch_matches_image_by_image_decoding(exported):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_openvino_matches_pytorch_in_fp32_and_stays_close_in_bf16(exported):
+    """The same export in OpenVINO: fp32 to 1e-4 of the output scale, like ONNX Runtime; bf16 (where the
+    CPU has it) within a few percent, the rounding of 8-bit mantissas through a few layers."""
+    _, model, _, files = exported
+    size = model.image_encoder.img_size
+    images = torch.from_numpy(_real_image(model))[None].repeat(2, 1, 1, 1)
+    images[1] = images[1].flip(-1)
+    boxes = torch.tensor([[0.2, 0.3, 0.7, 0.8], [0.1, 0.1, 0.9, 0.6]]) * size
+    ref_logits = predict_logits(model, images, boxes)
+    with torch.no_grad():
+        ref_emb = model.image_encoder(images)
+    fp32 = OnnxSam(files[0], runtime="openvino")
+    assert (torch.from_numpy(fp32.encode(images.numpy())) - ref_emb).abs().max() <= 1e-4 * ref_emb.abs().max()
+    assert (fp32.predict_logits(images, boxes) - ref_logits).abs().max() <= 1e-4 * ref_logits.abs().max()
+    if not openvino_bf16():
+        pytest.skip("this CPU has no bf16 arithmetic for OpenVINO")
+    bf16 = OnnxSam(files[0], runtime="openvino", precision="bf16")
+    emb = torch.from_numpy(bf16.encode(images.numpy()))
+    err = (emb - ref_emb).abs().max() / ref_emb.abs().max()
+    assert 0 < err <= 0.05  # not zero: it did compute in bf16
+
+
 @pytest.mark.slow
 def test_evaluate_through_onnxruntime_gives_the_same_metrics(exported, tmp_path):
     name, model, _, files = exported
@@ -114,6 +137,17 @@ def test_evaluate_through_onnxruntime_gives_the_same_metrics(exported, tmp_path)
               "--split", "all", "--box-jitter", 0, "--out", tmp_path / "ev", "--no-progress")
     assert res.exit_code == 0, res.output
     assert f"{name} (pruned, onnxruntime)" in res.output
+    # OpenVINO in fp32 through the command: the same per-image numbers as PyTorch
+    res = run("evaluate", "--model", name, "--backend", "openvino", "--checkpoint", files[0], "--data", data,
+              "--split", "all", "--box-jitter", 0, "--out", tmp_path / "ov", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert f"{name} (pruned, openvino)" in res.output
+    rows = (tmp_path / "ov" / "per_image.csv").read_text().splitlines()
+    assert len(rows) == len(ref.rows) + 1
+    got = evaluate(OnnxSam(files[0], runtime="openvino"), [data], **kw)
+    for r, g in zip(ref.rows, got.rows, strict=True):
+        for metric in ("dice", "boundary_f1", "hd95"):
+            assert g[metric] == pytest.approx(r[metric], abs=1e-3)
 
 
 def test_safetensors_round_trip(exported, tmp_path):
@@ -182,4 +216,11 @@ def test_evaluate_onnxruntime_on_a_file_that_is_not_onnx(tmp_path):
     res = run("evaluate", "--model", "tiny", "--backend", "onnxruntime", "--checkpoint", pth, "--data", data,
               "--split", "all", "--out", tmp_path / "ev")
     assert f"--checkpoint {pth}: not an ONNX model" in _error_line(res)
+    assert not (tmp_path / "ev").exists()
+    res = run("evaluate", "--model", "tiny", "--backend", "openvino", "--checkpoint", pth, "--data", data,
+              "--split", "all", "--out", tmp_path / "ev")
+    assert f"--checkpoint {pth}: not an ONNX model" in _error_line(res)
+    res = run("evaluate", "--model", "tiny", "--backend", "onnxruntime", "--dtype", "bf16", "--checkpoint", pth,
+              "--data", data, "--split", "all", "--out", tmp_path / "ev")
+    assert "--dtype bf16: the onnxruntime backend runs fp32 only here (--backend openvino runs bf16)" in _error_line(res)
     assert not (tmp_path / "ev").exists()

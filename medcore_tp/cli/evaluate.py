@@ -57,13 +57,15 @@ def _fmt(value: float | None) -> str:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the splits and the box widening.")
 @click.option("--skip-bad", is_flag=True, help="Go on past unreadable or mismatched files; count them in the summary.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
-              help="torch: the checkpoint in PyTorch; onnxruntime: --checkpoint is an encoder .onnx written by "
-                   "medcore-tp export (its decoder beside it).")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch", show_default=True,
+              help="torch: the checkpoint in PyTorch; onnxruntime / openvino: --checkpoint is an encoder .onnx "
+                   "written by medcore-tp export (its decoder beside it), run in that runtime.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Arithmetic of the run: bf16 with --backend openvino on a CPU with bf16 (AMX, AVX512-BF16).")
 def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: str, split: str,
              splits_file: str | None, mask_threshold: float | None, box_jitter: int, out_dir: str, overwrite: bool,
              resolution: str, resize_mode: str, batch_size: int, workers: int, device: str, seed: int,
-             skip_bad: bool, no_progress: bool, backend: str) -> None:
+             skip_bad: bool, no_progress: bool, backend: str, dtype: str) -> None:
     """Per-dataset and macro means of Dice, IoU, Boundary F1, HD95 (px) and NSD on box prompts."""
     checkpoint = choose_weights(model_name, checkpoint, random_init)
     config = EvalConfig(split=split, splits_path=splits_file, box_jitter=box_jitter, seed=seed, batch_size=batch_size,
@@ -73,6 +75,8 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     data_dirs = [part.strip() for part in data.split(",") if part.strip()]
     if not data_dirs:
         raise MedcoreError("--data: no folder given")
+    if dtype != "fp32" and backend != "openvino":
+        raise MedcoreError(f"--dtype {dtype}: the {backend} backend runs fp32 only here (--backend openvino runs bf16)")
     dev = parse_device(device)
     # Everything that can fail is checked before the model runs: data folders, masks, checkpoint, --out.
     mask_counts = check_masks(load_datasets(data_dirs, mask_threshold), mask_threshold)
@@ -80,14 +84,15 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     folder.check()
     if checkpoint is None:
         torch.manual_seed(seed)  # the same random weights, and so the same numbers, on every run
-    if backend == "onnxruntime":
+    if backend != "torch":
         from medcore_tp.runtime import load_onnx_model
 
-        model, record = load_onnx_model(model_name, checkpoint, random_init, device)
+        model, record = load_onnx_model(model_name, checkpoint, random_init, device, runtime=backend, precision=dtype)
     else:
         model, record = load_model(model_name, checkpoint)
         model.to(dev)
-    info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None, "backend": backend}
+    info = {"name": model_name, "checkpoint": checkpoint, "pruned": record is not None, "backend": backend,
+            "dtype": dtype}
     with guarded(folder):
         folder.start()
         decisions = [f"--overwrite removed the earlier run's {', '.join(folder.removed)}"] if folder.removed else []
@@ -104,7 +109,7 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     kind = "pruned" if record else ("random init" if checkpoint is None else
                                     "packaged weights" if checkpoint == PACKAGED else "dense")
     scope = "all images" if split == "all" else f"{split} split"
-    click.echo(f"{model_name} ({kind}{', onnxruntime' if backend == 'onnxruntime' else ''}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
+    click.echo(f"{model_name} ({kind}{'' if backend == 'torch' else ', ' + backend}{'' if dtype == 'fp32' else ' ' + dtype}), {scope}, box jitter {box_jitter} px, {summary['settings']['resize_mode']} "
                f"resize, metrics at {resolution} resolution")
     click.echo(table(rows, ("dataset", "images", "skipped", "dice", "iou", "bf1", "hd95 px", "nsd")))
     for bad in summary["skipped"]:
