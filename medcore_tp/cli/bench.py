@@ -29,12 +29,11 @@ def _names(option: str, text: str, allowed) -> list[str]:
 def _machine(device: torch.device) -> dict:
     # other jobs on the same cores slow both models; the ratios hold better than the seconds
     info = dict(machine_info(str(device)), load_average_1_5_15=list(os.getloadavg()))
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for runtime in ("onnxruntime", "openvino"):
+        try:
+            info[runtime] = __import__(runtime).__version__
+        except ImportError:
+            pass
     return info
 
 
@@ -52,7 +51,7 @@ def _machine(device: torch.device) -> dict:
 @click.option("--parts", default="encoder", show_default=True,
               help="encoder (image encoder) and/or model (encoder + box decoder), comma-separated.")
 @click.option("--threads", "thread_counts", default=None,
-              help="Intra-op thread counts of torch and ONNX Runtime, comma-separated, each measured in turn "
+              help="Intra-op thread counts of torch, ONNX Runtime and OpenVINO, comma-separated, each measured in turn "
                    "[default: torch's current count].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
