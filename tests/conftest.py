@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -42,3 +45,26 @@ def tiny_model():
 @pytest.fixture
 def tiny_input():
     return torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+
+
+# OpenVINO runs in child processes only: with its CPU plugin loaded, later tests in the same pytest
+# process crashed with a segmentation fault at varying places (seen three times on the 2-core machine).
+OPENVINO_IN_CHILD = "from medcore_tp.runtime import openvino_bf16; print(openvino_bf16())"
+
+
+def _run_python(code: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """``run_python(code, *args)``: ``python -c code args`` in a child process, its output captured."""
+    return _run_python
+
+
+@pytest.fixture(scope="session")
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO can run bf16 on this CPU (asked in a child process)."""
+    out = _run_python(OPENVINO_IN_CHILD)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip() == "True"
