@@ -32,6 +32,7 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.export import BoxDecoder, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
+from medcore_tp.runtime import PRECISIONS
 
 BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
@@ -94,7 +95,7 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
 
 
 # dtypes of the backends that do not run every dtype (ONNX Runtime: the fp32 export as it is)
-_DTYPES_OF = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+_DTYPES_OF = {"onnxruntime": ("fp32",), "openvino": PRECISIONS}
 
 
 # backends for one encoder family only: (runs on SAM ViT?, why it is skipped on the other family)

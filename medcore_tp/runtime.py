@@ -14,6 +14,7 @@ is bf16; here fp32 stays fp32 unless bf16 is asked for.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,8 +59,9 @@ def _openvino():
     return openvino
 
 
+@functools.cache
 def openvino_bf16() -> bool:
-    """Whether OpenVINO can run bf16 arithmetic on this machine's CPU."""
+    """Whether OpenVINO can run bf16 arithmetic on this machine's CPU (asked once per process)."""
     return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 

@@ -24,6 +24,7 @@ from medcore_tp.maskcheck import check_masks
 from medcore_tp.metrics import METRIC_NAMES
 from medcore_tp.models import PACKAGED
 from medcore_tp.outdir import RunFolder
+from medcore_tp.runtime import PRECISIONS, RUNTIMES
 
 
 def _fmt(value: float | None) -> str:
@@ -57,10 +58,10 @@ def _fmt(value: float | None) -> str:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the splits and the box widening.")
 @click.option("--skip-bad", is_flag=True, help="Go on past unreadable or mismatched files; count them in the summary.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "openvino"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(["torch", *RUNTIMES]), default="torch", show_default=True,
               help="torch: the checkpoint in PyTorch; onnxruntime / openvino: --checkpoint is an encoder .onnx "
                    "written by medcore-tp export (its decoder beside it), run in that runtime.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--dtype", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Arithmetic of the run: bf16 with --backend openvino on a CPU with bf16 (AMX, AVX512-BF16).")
 def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: str, split: str,
              splits_file: str | None, mask_threshold: float | None, box_jitter: int, out_dir: str, overwrite: bool,

@@ -35,6 +35,7 @@ from medcore_tp.outdir import RunFolder
 from medcore_tp.pipeline import PruneConfig, RatioRequest, default_protection, max_ratio, run_prune
 from medcore_tp.profile import profile_model
 from medcore_tp.prune import summary
+from medcore_tp.recovery import SCHEDULES
 from medcore_tp.report import snapshot
 
 
@@ -72,7 +73,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
                    "[default: 200; 40 without --data; 0 with --random-init].")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
-@click.option("--recover-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+@click.option("--recover-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
               help="Recovery learning rate within each stage: --recover-lr throughout, or annealed from it to 0 (cosine).")
 @click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="1: the cascade (heads, then MLP channels, each refitted and recovered); K >= 2: progressive, "

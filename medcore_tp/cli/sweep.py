@@ -8,6 +8,7 @@ from medcore_tp.cli import main
 from medcore_tp.cli._common import parse_device, parse_int_list, parse_views, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import MODEL_NAMES, default_weights
+from medcore_tp.recovery import SCHEDULES
 from medcore_tp.sweep import SweepConfig, run_sweep
 
 
@@ -39,7 +40,7 @@ def _folders(text: str | None) -> list[str] | None:
               help="Recovery steps after each pruning stage (0: none).")
 @click.option("--recover-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Recovery learning rate (AdamW).")
-@click.option("--recover-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+@click.option("--recover-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
               help="Recovery learning rate within each stage: --recover-lr throughout, or annealed from it to 0 (cosine).")
 @click.option("--prune-steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="1: the cascade (heads, then MLP channels); K >= 2: progressive, K stages each removing about "
