@@ -5,7 +5,7 @@
 (least-squares refit, equal-count allocation, 100 recovery steps per stage), ``refit``, the refit
 alone, or ``progressive`` / ``progressive-dense`` (MedCore at 50% only: 4 progressive stages of 50
 recovery steps, towards the model as each stage starts / the dense model) or ``long`` (MedCore at 50%,
-the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery; ``refit-obs`` / ``default-obs`` / ``long-obs``: the ``refit`` importance, refit alone at 0.5, 0.3, 0.6 / with 2 x 100 / 2 x 200 recovery steps at 0.5 (``default-obs-lr3e-5``: 2 x 100 at lr 3e-5; ``default-obs-dense``: towards the dense model; ``default-obs-flips``: drawing from each image and its two mirrors; ``default-obs-frozen-stem``: ``default-obs`` rerun after recovery stopped training the stem); ``default-obs-ratios``: 2 x 100 at 0.3 and 0.6; ``default-obs-all``: 2 x 100 at 0.5 calibrated and recovered on all 120 training images instead of 32 (``long-obs-all``: 2 x 200, ``long-obs-all-r30`` the same at 0.3; ``xlong-obs-all``: 2 x 400, after recovery stopped training the stem; ``xlong-obs-all-lr3e-5`` the same at lr 3e-5, ``xlong-obs-all-r30-lr3e-5`` that at 0.3; ``xlong-obs-all-r60``: ``xlong-obs-all`` at 0.6; ``...-lr3e-5-dense``: the lr 3e-5 ones towards the dense model, ``xlong-obs-all-dense`` the lr 1e-5 one, ``xxlong-obs-all-dense`` that with 2 x 600 steps; ``xlong-obs-all-lr3e-5-dense-cosine``: the lr 3e-5 one annealed to 0 within each stage, ``xxlong-obs-all-lr3e-5-dense-cosine`` that with 2 x 600 steps, ``xlong-obs-all-lr5e-5-dense-cosine`` annealed from lr 5e-5); ``refit-ct``: the refit alone at 0.5 for ``refit``, MedCore, Taylor and random in one sweep, whose models ``cross_modality.py`` evaluates on CT) or ``default200`` (what ``prune --data`` does now,
+the default with 200 recovery steps per stage; ``long-dense``: the same towards the dense model; ``long-grad``: the same with ``medcore-grad``; ``refit-grad``: MedCore, ``medcore-grad`` and Taylor at 50%, refit alone; ``distill300``: the refit, then 300 distillation steps towards the dense model instead of recovery; ``refit-obs`` / ``default-obs`` / ``long-obs``: the ``refit`` importance, refit alone at 0.5, 0.3, 0.6 / with 2 x 100 / 2 x 200 recovery steps at 0.5 (``default-obs-lr3e-5``: 2 x 100 at lr 3e-5; ``default-obs-dense``: towards the dense model; ``default-obs-flips``: drawing from each image and its two mirrors; ``default-obs-frozen-stem``: ``default-obs`` rerun after recovery stopped training the stem); ``default-obs-ratios``: 2 x 100 at 0.3 and 0.6; ``default-obs-all``: 2 x 100 at 0.5 calibrated and recovered on all 120 training images instead of 32 (``long-obs-all``: 2 x 200, ``long-obs-all-r30`` the same at 0.3; ``xlong-obs-all``: 2 x 400, after recovery stopped training the stem; ``xlong-obs-all-lr3e-5`` the same at lr 3e-5, ``xlong-obs-all-r30-lr3e-5`` that at 0.3; ``xlong-obs-all-r60``: ``xlong-obs-all`` at 0.6; ``...-lr3e-5-dense``: the lr 3e-5 ones towards the dense model, ``xlong-obs-all-dense`` the lr 1e-5 one, ``xxlong-obs-all-dense`` that with 2 x 600 steps; ``xlong-obs-all-lr3e-5-dense-cosine``: the lr 3e-5 one annealed to 0 within each stage, ``xxlong-obs-all-lr3e-5-dense-cosine`` that with 2 x 600 steps, ``xlong-obs-all-lr5e-5-dense-cosine`` annealed from lr 5e-5, ``...-cosine-flips`` drawing each image also mirrored; ``xlong-obs-all-r30-lr3e-5-cosine``: the stage-teacher lr 3e-5 one at 30%, annealed); ``refit-ct``: the refit alone at 0.5 for ``refit``, MedCore, Taylor and random in one sweep, whose models ``cross_modality.py`` evaluates on CT) or ``default200`` (what ``prune --data`` does now,
 200 recovery steps per stage, MedCore and Taylor at 0.5, 0.3, 0.6; its MedCore 50% point is ``long``'s). ``--run`` runs (or resumes) the sweep and the leverage analysis; without it the finished
 folders in ``--sweep`` / ``--leverage`` are collected as they are (finished sweep points only).
 Collecting copies ``sweep.csv``, ``comparisons.csv``, ``pareto.png`` to
@@ -20,7 +20,7 @@ sessions: collecting also keeps each finished point's records (``point.json``, `
 ``benchmarks/results/<prefix>_points_<machine>/``, and ``--run`` first copies the kept points into a
 ``--sweep`` folder that lacks them, so that the sweep resumes after them.
 
-Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300|refit-obs|default-obs|default-obs-ratios|default-obs-all|default-obs-lr3e-5|default-obs-dense|default-obs-flips|default-obs-frozen-stem|long-obs-all-r30|xlong-obs-all|xlong-obs-all-lr3e-5|xlong-obs-all-r30-lr3e-5|xlong-obs-all-r60|xlong-obs-all-dense|xxlong-obs-all-dense|xlong-obs-all-lr3e-5-dense|xlong-obs-all-lr3e-5-dense-cosine|xxlong-obs-all-lr3e-5-dense-cosine|xlong-obs-all-lr5e-5-dense-cosine|xlong-obs-all-r30-lr3e-5-dense|refit-ct|long-obs|long-obs-all] [--run] [--sweep out/sweep-lite]
+Usage: ``python benchmarks/lite_medsam_sweep.py [--recipe default|default200|refit|progressive|progressive-dense|long|long-dense|long-grad|refit-grad|distill300|refit-obs|default-obs|default-obs-ratios|default-obs-all|default-obs-lr3e-5|default-obs-dense|default-obs-flips|default-obs-frozen-stem|long-obs-all-r30|xlong-obs-all|xlong-obs-all-lr3e-5|xlong-obs-all-r30-lr3e-5|xlong-obs-all-r60|xlong-obs-all-dense|xxlong-obs-all-dense|xlong-obs-all-lr3e-5-dense|xlong-obs-all-lr3e-5-dense-cosine|xxlong-obs-all-lr3e-5-dense-cosine|xlong-obs-all-lr5e-5-dense-cosine|xlong-obs-all-lr3e-5-dense-cosine-flips|xlong-obs-all-r30-lr3e-5-cosine|xlong-obs-all-r30-lr3e-5-dense|refit-ct|long-obs|long-obs-all] [--run] [--sweep out/sweep-lite]
 [--leverage out/leverage-lite] [--no-leverage]``
 """
 
@@ -44,11 +44,13 @@ from medcore_tp.paths import data_root  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
-def _recipe(prefix: str, ratios: str, importances: str, steps: int, *extra: str, calib: int = 16) -> tuple[str, list[str]]:
+def _recipe(prefix: str, ratios: str, importances: str, steps: int, *extra: str, calib: int = 16,
+            allocation: str = "count") -> tuple[str, list[str]]:
     """(result-file prefix, sweep arguments): the least-squares refit from the dense statistics,
-    equal-count allocation, ``calib`` calibration images per dataset, ``steps`` recovery steps per stage."""
+    ``allocation`` (equal-count by default), ``calib`` calibration images per dataset, ``steps`` recovery
+    steps per stage."""
     return prefix, ["--ratios", ratios, "--importances", importances, "--recover-steps", str(steps), *extra,
-                    "--refit", "dense", "--allocation", "count", "--calib-size", str(calib), "--repeats", "1"]
+                    "--refit", "dense", "--allocation", allocation, "--calib-size", str(calib), "--repeats", "1"]
 
 
 # All on the full test splits (20 images per dataset), 16 calibration images per dataset unless said
@@ -110,6 +112,14 @@ RECIPES = {
     "xlong-obs-all-lr5e-5-dense-cosine": _recipe("lite_medsam_xlong_obs_all_lr5e-5_dense_cosine", "0.5", "refit", 400,
                                                  "--recover-lr", "5e-5", "--recover-teacher", "dense",
                                                  "--recover-schedule", "cosine", calib=60),
+    # the annealed lr 3e-5 recipe at 30% with the stage teacher (the best 30% model's, held at 3e-5) ...
+    "xlong-obs-all-r30-lr3e-5-cosine": _recipe("lite_medsam_xlong_obs_all_r30_lr3e-5_cosine", "0.3", "refit", 400,
+                                               "--recover-lr", "3e-5", "--recover-schedule", "cosine", calib=60),
+    # ... and the best 50% recipe drawing each training image also mirrored (three views per image)
+    "xlong-obs-all-lr3e-5-dense-cosine-flips": _recipe("lite_medsam_xlong_obs_all_lr3e-5_dense_cosine_flips", "0.5",
+                                                       "refit", 400, "--recover-lr", "3e-5", "--recover-teacher",
+                                                       "dense", "--recover-schedule", "cosine", "--recover-views",
+                                                       "identity,hflip,vflip", calib=60),
     "xlong-obs-all-r30-lr3e-5-dense": _recipe("lite_medsam_xlong_obs_all_r30_lr3e-5_dense", "0.3", "refit", 400,
                                               "--recover-lr", "3e-5", "--recover-teacher", "dense", calib=60),
     # "xlong-obs-all" (lr 1e-5) towards the dense model in both stages
@@ -129,6 +139,10 @@ RECIPES = {
     # ... and drawing from each calibration image and its two mirrors (three times the samples)
     "default-obs-flips": _recipe("lite_medsam_default_obs_flips", "0.5", "refit", 100,
                                  "--recover-views", "identity,hflip,vflip"),
+    # the refit alone at the goals' ratios with the same fraction taken from every block, none protected
+    # (the default protects LiteMedSAM's last two blocks, 62% of its encoder, where the ratio allows)
+    "refit-obs-even": _recipe("lite_medsam_refit_obs_even", "0.5,0.3", "refit", 0, "--protect-blocks", "none",
+                              allocation="even"),
     # the refit alone at 50%, every importance in one sweep (its pruned models go to cross_modality.py)
     "refit-ct": _recipe("lite_medsam_refit_ct", "0.5", "refit,medcore,taylor,random", 0),
     # the default with --data today (2 x 200 recovery steps), MedCore and Taylor at the default's ratios;

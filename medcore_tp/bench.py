@@ -32,7 +32,7 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.export import BoxDecoder, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
-from medcore_tp.runtime import PRECISIONS
+from medcore_tp.runtime import RUNTIME_PRECISIONS, check_runtime
 
 BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
@@ -82,11 +82,7 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
         if b in backends and device.type != "cpu":
             raise MedcoreError(f"--device {device}: the {b} backend is measured on cpu only here")
     if "openvino" in backends and "bf16" in dtypes:
-        from medcore_tp.runtime import openvino_bf16
-
-        if not openvino_bf16():
-            raise MedcoreError("--dtype bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 "
-                               "or AMX); use --dtype fp32")
+        check_runtime("openvino", "bf16")
     if device.type == "cpu" and "fp16" in dtypes:
         raise MedcoreError("--dtype fp16: PyTorch has no fast fp16 kernels on the CPU; use bf16 or fp32 there")
     notes = [f"{b}: skipped, {_ONE_FAMILY[b][1]}" for b in backends if not _runs(b, is_vit)]
@@ -94,8 +90,8 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
                     for b in backends if b in _DTYPES_OF and _runs(b, is_vit) for d in dtypes if d not in _DTYPES_OF[b]]
 
 
-# dtypes of the backends that do not run every dtype (ONNX Runtime: the fp32 export as it is)
-_DTYPES_OF = {"onnxruntime": ("fp32",), "openvino": PRECISIONS}
+# dtypes of the backends that do not run every dtype: the exported ones (their runtimes' precisions)
+_DTYPES_OF = RUNTIME_PRECISIONS
 
 
 # backends for one encoder family only: (runs on SAM ViT?, why it is skipped on the other family)

@@ -29,8 +29,11 @@ from medcore_tp.preprocessing import InputSpec
 
 RUNTIMES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
+# what each runtime computes in: ONNX Runtime runs the fp32 export as it is
+RUNTIME_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": PRECISIONS}
 
-__all__ = ["PRECISIONS", "RUNTIMES", "OnnxSam", "load_onnx_model", "openvino_bf16", "ort_session", "ov_session"]
+__all__ = ["PRECISIONS", "RUNTIMES", "RUNTIME_PRECISIONS", "OnnxSam", "check_runtime", "load_onnx_model",
+           "openvino_bf16", "ort_session", "ov_session"]
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, device: str = "cpu"):
@@ -65,6 +68,25 @@ def openvino_bf16() -> bool:
     return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def check_runtime(runtime: str, precision: str = "fp32", device: str = "cpu") -> None:
+    """Refuse, in one line naming the parameter, a ``runtime`` / ``precision`` / ``device`` combination
+    that cannot run here (:data:`RUNTIME_PRECISIONS`; OpenVINO runs on the CPU, bf16 only where the CPU
+    has bf16 arithmetic)."""
+    if runtime not in RUNTIMES:
+        raise MedcoreError(f"runtime {runtime}: must be one of {', '.join(RUNTIMES)}", "runtime")
+    allowed = RUNTIME_PRECISIONS[runtime]
+    if precision not in allowed:
+        others = [r for r, kinds in RUNTIME_PRECISIONS.items() if precision in kinds]
+        also = f" ({others[0]} runs {precision})" if others else ""
+        raise MedcoreError(f"precision {precision}: the {runtime} backend runs {' or '.join(allowed)} only{also}",
+                           "precision")
+    if runtime == "openvino" and device != "cpu":
+        raise MedcoreError(f"device {device}: the openvino backend runs on cpu only here", "device")
+    if runtime == "openvino" and precision == "bf16" and not openvino_bf16():
+        raise MedcoreError("precision bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 or AMX)",
+                           "precision")
+
+
 class _OpenVinoSession:
     """An OpenVINO compiled model with ONNX Runtime's ``run(None, feeds)`` call (outputs in order)."""
 
@@ -81,11 +103,8 @@ class _OpenVinoSession:
 def ov_session(path: str | os.PathLike, threads: int | None = None, precision: str = "fp32") -> _OpenVinoSession:
     """An OpenVINO CPU model of the ONNX file ``path`` (``threads`` inference threads, default torch's
     count), computing in ``precision`` (``fp32`` or ``bf16``), tuned for latency."""
-    if precision not in PRECISIONS:
-        raise MedcoreError(f"--dtype {precision}: openvino runs {' or '.join(PRECISIONS)}")
+    check_runtime("openvino", precision)
     ov = _openvino()
-    if precision == "bf16" and not openvino_bf16():
-        raise MedcoreError("--dtype bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 or AMX)")
     config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
     return _OpenVinoSession(ov.Core().compile_model(os.fspath(path), "CPU", config))
@@ -100,12 +119,7 @@ class OnnxSam:
 
     def __init__(self, encoder_file: str | os.PathLike, threads: int | None = None, device: str = "cpu",
                  runtime: str = "onnxruntime", precision: str = "fp32") -> None:
-        if runtime not in RUNTIMES:
-            raise MedcoreError(f"--backend {runtime}: must be one of {', '.join(RUNTIMES)}")
-        if runtime == "onnxruntime" and precision != "fp32":
-            raise MedcoreError(f"--dtype {precision}: the onnxruntime backend runs fp32 only (openvino runs bf16)")
-        if runtime == "openvino" and device != "cpu":
-            raise MedcoreError(f"--device {device}: the openvino backend runs on cpu only here")
+        check_runtime(runtime, precision, device)
         record = read_onnx_record(encoder_file)
         if record.get("part") != "encoder":
             raise MedcoreError(f"--checkpoint {encoder_file}: holds the medcore-tp {record.get('part')} part; "
@@ -163,16 +177,15 @@ def load_onnx_model(name: str, checkpoint: str | None, random_init: bool = False
     from medcore_tp.models import model_config
 
     if random_init or checkpoint is None or not str(checkpoint).endswith(".onnx") and not os.path.isfile(checkpoint):
-        raise MedcoreError(f"--backend {runtime} needs --checkpoint MODEL.onnx (written by medcore-tp export)")
-    if runtime == "openvino" and device not in ("auto", "cpu"):
-        raise MedcoreError(f"--device {device}: the openvino backend runs on cpu only here")
+        raise MedcoreError(f"runtime {runtime}: needs checkpoint MODEL.onnx (written by medcore-tp export)", "runtime")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise MedcoreError(f"--device {device}: onnxruntime runs on cpu or cuda")
+        raise MedcoreError(f"device {device}: {runtime} runs on cpu or cuda", "device")
+    check_runtime(runtime, precision, "cpu" if device == "auto" else device)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MedcoreError(f"--device {device}: CUDA is not available on this machine")
+        raise MedcoreError(f"device {device}: CUDA is not available on this machine", "device")
     model = OnnxSam(checkpoint, device="cpu" if device == "auto" else device, runtime=runtime, precision=precision)
     base = model.record.get("model")
     if base is None or model_config(base) != model_config(name):
-        raise MedcoreError(f"--checkpoint {checkpoint}: was exported from {base}, which is not the architecture "
-                           f"of model {name}")
+        raise MedcoreError(f"checkpoint {checkpoint}: was exported from {base}, which is not the architecture "
+                           f"of model {name}", "checkpoint")
     return model, (model.record["arch"] if model.record.get("pruned") else None)

@@ -409,3 +409,14 @@ def test_unwritable_out_is_refused_before_any_work(ws, locked_folder, command, u
     assert res.exit_code == 2, res.output
     assert res.output.strip().splitlines()[-1].startswith(f"Error: --out {out}: cannot write there")
     assert sorted(os.listdir(locked_folder)) == ["keep.txt"]
+
+
+def test_protect_blocks_none_protects_no_block(tmp_path):
+    res = _run("prune", *TINY, "--importance", "magnitude", "--ratio", "0.2", "--protect-blocks", "none",
+               "--allocation", "even", "--out", tmp_path / "none", "--no-progress")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "none" / "summary.json").read_text())
+    assert summary["protect_blocks"] == [] and summary["protection_lifted"] is False
+    # the rule alone protects blocks 2 and 3 at this ratio; with none, every block gives up MLP channels
+    dense = json.loads(_run("info", "--model", "tiny", "--json").output)["mlp_per_block"]
+    assert all(kept < width for kept, width in zip(summary["mlp_per_block"], dense, strict=True))

@@ -47,6 +47,11 @@ def test_folding_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match=r"training mode; call model.eval\(\)"):
         fold_conv_bn(model)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # nothing was changed
+    model.eval()
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.train()  # only one convolution left in training mode: refused the same way, not an AssertionError
+    with pytest.raises(ValueError, match=r"training mode; call model.eval\(\)"):
+        fold_conv_bn(model)
 
 
 def test_sam_vit_has_nothing_to_fold():

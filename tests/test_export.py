@@ -247,5 +247,25 @@ def test_evaluate_onnxruntime_on_a_file_that_is_not_onnx(tmp_path):
     assert f"--checkpoint {pth}: not an ONNX model" in _error_line(res)
     res = run("evaluate", "--model", "tiny", "--backend", "onnxruntime", "--dtype", "bf16", "--checkpoint", pth,
               "--data", data, "--split", "all", "--out", tmp_path / "ev")
-    assert "--dtype bf16: the onnxruntime backend runs fp32 only here (--backend openvino runs bf16)" in _error_line(res)
+    assert "--dtype bf16: the onnxruntime backend runs fp32 only (openvino runs bf16)" in _error_line(res)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_check_runtime_names_the_parameter_and_the_cli_its_flag(tmp_path):
+    from medcore_tp.runtime import check_runtime
+
+    with pytest.raises(MedcoreError) as err:
+        check_runtime("onnxruntime", "bf16")
+    assert err.value.param == "precision" and str(err.value).startswith("precision bf16: the onnxruntime backend")
+    with pytest.raises(MedcoreError) as err:
+        check_runtime("openvino", "fp32", "cuda")
+    assert err.value.param == "device"
+    with pytest.raises(MedcoreError) as err:
+        check_runtime("tensorrt")
+    assert err.value.param == "runtime"
+    check_runtime("openvino", "fp32")  # runs here: no error
+    data = write_synthetic_dataset(tmp_path / "synth", n=2, size=64)
+    res = run("evaluate", "--model", "tiny", "--random-init", "--dtype", "bf16", "--data", data, "--split", "all",
+              "--out", tmp_path / "ev")
+    assert "--dtype bf16: --backend torch evaluates in fp32" in _error_line(res)
     assert not (tmp_path / "ev").exists()

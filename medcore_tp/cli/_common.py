@@ -24,7 +24,7 @@ PARAM_FLAGS = {
     "resolution": "--resolution", "batch_size": "--batch-size", "box_jitter": "--box-jitter",
     "calib_size": "--calib-size", "device": "--device", "resume": "--resume", "mask_threshold": "--mask-threshold",
     "allocation": "--allocation", "refit": "--refit", "distill_steps": "--distill-steps", "distill_lr": "--distill-lr",
-    "recover_views": "--recover-views",
+    "recover_views": "--recover-views", "checkpoint": "--checkpoint", "runtime": "--backend", "precision": "--dtype",
 }
 
 
@@ -53,6 +53,16 @@ def parse_int_list(option: str, text: str | None) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
+
+
+def parse_protect(text: str | None) -> list[int] | None:
+    """``--protect-blocks``: None (not given) leaves the choice to the ``--ratio`` rule; ``none`` or an
+    empty value protects no block; ``"8,9"`` protects those."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return []
+    return parse_int_list("--protect-blocks", text)
 
 
 def parse_views(text: str) -> tuple[str, ...]:

@@ -76,8 +76,12 @@ def evaluate(model_name: str, checkpoint: str | None, random_init: bool, data: s
     data_dirs = [part.strip() for part in data.split(",") if part.strip()]
     if not data_dirs:
         raise MedcoreError("--data: no folder given")
-    if dtype != "fp32" and backend != "openvino":
-        raise MedcoreError(f"--dtype {dtype}: the {backend} backend runs fp32 only here (--backend openvino runs bf16)")
+    if backend != "torch":
+        from medcore_tp.runtime import check_runtime
+
+        check_runtime(backend, dtype, "cpu" if device == "auto" else device)
+    elif dtype != "fp32":
+        raise MedcoreError(f"--dtype {dtype}: --backend torch evaluates in fp32 (--backend openvino runs bf16)")
     dev = parse_device(device)
     # Everything that can fail is checked before the model runs: data folders, masks, checkpoint, --out.
     mask_counts = check_masks(load_datasets(data_dirs, mask_threshold), mask_threshold)

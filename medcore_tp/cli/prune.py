@@ -21,7 +21,7 @@ from medcore_tp.cli._common import (
     mask_threshold_option,
     overwrite_option,
     parse_device,
-    parse_int_list,
+    parse_protect,
     parse_views,
     table,
 )
@@ -63,7 +63,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="refit", show_default=True)
 @click.option("--heads-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL heads to remove.")
 @click.option("--mlp-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL MLP channels to remove.")
-@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11 (default with --ratio: last two).")
+@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11, or none (default with --ratio: the last two while --ratio stays reachable).")
 @click.option("--alpha", default="auto", show_default=True, help="MedCore alpha: auto (paper) or a number in [0, 1].")
 @click.option("--calib-size", type=click.IntRange(min=1), default=None,
               help="Calibration images per dataset, first of the training split [default: 128; 8 without --data].")
@@ -127,7 +127,7 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
         raise click.UsageError("--heads-ratio and --mlp-ratio go together")
     if heads_ratio is None and ratio is None:
         raise click.UsageError("give --ratio R (fraction of encoder parameters) or --heads-ratio and --mlp-ratio")
-    protect = parse_int_list("--protect-blocks", protect_blocks) if protect_blocks is not None else None
+    protect = parse_protect(protect_blocks)
     roots = [r for r in (data or "").split(",") if r.strip()]
     weights = _data_weights(data_weights, len(roots))
     if recover_steps is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from medcore_tp.cli import main
-from medcore_tp.cli._common import parse_device, parse_int_list, parse_views, table
+from medcore_tp.cli._common import parse_device, parse_protect, parse_views, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import MODEL_NAMES, default_weights
 from medcore_tp.recovery import SCHEDULES
@@ -67,7 +67,7 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Latency: encoder forwards per model, interleaved with the dense model.")
 @click.option("--box-jitter", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--protect-blocks", default=None, help="Blocks left untouched [default: the --ratio rule's].")
+@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 8,9, or none [default: the --ratio rule's].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -87,7 +87,7 @@ def sweep(model_name, checkpoint, source_checkpoint, data, eval_data, split, eva
         importances=[i.strip() for i in importances.split(",") if i.strip()], recover_steps=recover_steps,
         recover_lr=recover_lr, recover_schedule=recover_schedule, prune_steps=prune_steps, recover_teacher=recover_teacher,
         recover_views=",".join(parse_views(recover_views)), finetune_epochs=finetune_epochs, calib_size=calib_size, batch_size=batch_size, repeats=repeats,
-        box_jitter=box_jitter, protect=parse_int_list("--protect-blocks", protect_blocks) if protect_blocks else None,
+        box_jitter=box_jitter, protect=parse_protect(protect_blocks),
         seed=seed, refit=refit, allocation=allocation, distill_steps=distill_steps, distill_lr=distill_lr,
     )
     result = run_sweep(config, out_dir, device=parse_device(device), progress=not no_progress,
