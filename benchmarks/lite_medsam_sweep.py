@@ -143,6 +143,15 @@ RECIPES = {
     # (the default protects LiteMedSAM's last two blocks, 62% of its encoder, where the ratio allows)
     "refit-obs-even": _recipe("lite_medsam_refit_obs_even", "0.5,0.3", "refit", 0, "--protect-blocks", "none",
                               allocation="even"),
+    # ... the same on all 120 training images at the goals' ratios and the README's default ratio ...
+    "refit-obs-even-all": _recipe("lite_medsam_refit_obs_even_all", "0.5,0.3,0.6", "refit", 0, "--protect-blocks",
+                                  "none", calib=60, allocation="even"),
+    # ... followed by prune --data's recovery (2 x 200 steps at lr 1e-5 towards the model as each stage starts)
+    "long-obs-even-all": _recipe("lite_medsam_long_obs_even_all", "0.5", "refit", 200, "--protect-blocks", "none",
+                                 calib=60, allocation="even"),
+    # the refit alone with even allocation for the other importances (random, Taylor, MedCore) at 50%
+    "refit-even-importances": _recipe("lite_medsam_refit_even_importances", "0.5", "random,taylor,medcore", 0,
+                                      "--protect-blocks", "none", calib=60, allocation="even"),
     # the refit alone at 50%, every importance in one sweep (its pruned models go to cross_modality.py)
     "refit-ct": _recipe("lite_medsam_refit_ct", "0.5", "refit,medcore,taylor,random", 0),
     # the default with --data today (2 x 200 recovery steps), MedCore and Taylor at the default's ratios;

@@ -204,6 +204,7 @@ def ratio_rule(
     encoder_params: int,
     protect: Sequence[int] | None = None,
     weights: Sequence[float] | str | None = None,
+    default: Sequence[int] | None = None,
 ) -> RatioRule:
     """Turn a target fraction of encoder parameters into head / MLP ratios and protected blocks.
 
@@ -213,15 +214,18 @@ def ratio_rule(
     widths allow; once a cap binds, or where the straight line misses R by more than a quarter point
     (encoders with another share of unprunable parameters), s is searched so that the removed fraction
     is as close to R as possible.
-    ``protect=None`` protects the last two blocks (the paper's 10 and 11 on ViT-B) and lifts that
-    protection only when R cannot be reached with it; an explicit ``protect`` is kept as given.
+    ``protect=None`` protects ``default`` (None: the last two blocks, the paper's 10 and 11 on ViT-B)
+    and lifts that protection only when R cannot be reached with it; an explicit ``protect`` is kept
+    as given.
     ``head_params`` / ``channel_params`` may be per-block lists (see :func:`removed_params`); then the
     per-block budget ``weights`` (e.g. MedCore's 1 / s_b) decide where the removals fall and so how
     many parameters go, and the search accounts for them.
     Raises :class:`MedcoreError` for R outside (0, max], giving the maximum.
     """
     n = len(heads)
-    candidates = [list(protect)] if protect is not None else [[n - 2, n - 1] if n > 2 else [], []]
+    if default is None:
+        default = [n - 2, n - 1] if n > 2 else []
+    candidates = [list(protect)] if protect is not None else ([list(default), []] if default else [[]])
     if ratio is not None and ratio <= 0:
         candidates = candidates[:1]  # nothing to search: report the bound for the first protection
     for attempt, option in enumerate(candidates):

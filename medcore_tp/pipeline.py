@@ -60,7 +60,7 @@ __all__ = [
 class RatioRequest:
     """What a user asked to remove: ``ratio`` (fraction of encoder parameters, the ``--ratio`` rule)
     or both ``heads_ratio`` and ``mlp_ratio`` (fractions of ALL heads / MLP channels); ``protect``:
-    blocks left untouched (None with ``ratio``: the last two, lifted only when R needs them)."""
+    blocks left untouched (None with ``ratio``: :func:`default_protection`, lifted only when R needs them)."""
 
     ratio: float | None = None
     heads_ratio: float | None = None
@@ -102,14 +102,18 @@ def settle_ratios(arch: nn.Module, request: RatioRequest, weights: Sequence[floa
         ratio_budget(heads, mlp, request.heads_ratio, request.mlp_ratio, protect or [])  # raises on bad values
         return Ratios(request.heads_ratio, request.mlp_ratio, list(protect or []))
     head_p, chan_p = adapter.group_params(encoder)
-    rule = ratio_rule(request.ratio, heads, mlp, head_p, chan_p, count_params(encoder), protect, weights)
+    rule = ratio_rule(request.ratio, heads, mlp, head_p, chan_p, count_params(encoder), protect, weights,
+                      default=default_protection(arch))
     return Ratios(rule.heads_ratio, rule.mlp_ratio, rule.protect, rule)
 
 
 def default_protection(arch: nn.Module) -> list[int]:
-    """The blocks ``--ratio`` protects unless told otherwise: the last two (10 and 11 on ViT-B)."""
-    n = len(adapter_for(arch).heads_per_block(image_encoder(arch)))
-    return [n - 2, n - 1] if n > 2 else []
+    """The blocks ``--ratio`` protects unless told otherwise: the family's last
+    ``DEFAULT_PROTECTED_BLOCKS`` (10 and 11 on ViT-B; none on TinyViT), none when that would leave no
+    block to prune."""
+    adapter = adapter_for(arch)
+    n, k = len(adapter.heads_per_block(image_encoder(arch))), adapter.DEFAULT_PROTECTED_BLOCKS
+    return list(range(n - k, n)) if 0 < k < n else []
 
 
 def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
@@ -121,6 +125,9 @@ def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
 
 
 ALLOCATIONS = ("even", "count", "sensitivity")
+# the same fraction from every block: on LiteMedSAM, whose stages differ fourfold in width, taking the
+# same count from each (count) stripped the narrow early stages and cost 0.055 Dice after the refit at 50%
+DEFAULT_ALLOCATION = "even"
 REFITS = ("paired", "dense", "none")
 TEACHERS = ("stage", "dense")
 
@@ -173,7 +180,7 @@ class PruneConfig:
     round_to: int = 1  # pruned MLP widths kept at multiples of this (Torch-Pruning's round_to)
     mask_threshold: float | None = None
     refit: str = "dense"
-    allocation: str = "count"
+    allocation: str = DEFAULT_ALLOCATION
     distill_steps: int = 0
     distill_lr: float = 1e-4
     distill_batch_size: int = 2

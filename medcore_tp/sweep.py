@@ -48,6 +48,7 @@ from medcore_tp.models import PACKAGED, build_model
 from medcore_tp.paired import paired_difference
 from medcore_tp.pipeline import (
     ALLOCATIONS,
+    DEFAULT_ALLOCATION,
     REFITS,
     PruneConfig,
     RatioRequest,
@@ -93,7 +94,7 @@ class SweepConfig:
     protect: list[int] | None = None
     seed: int = 0
     refit: str = "dense"
-    allocation: str = "count"
+    allocation: str = DEFAULT_ALLOCATION
     distill_steps: int = 0
     distill_lr: float = 1e-4
 
@@ -305,7 +306,7 @@ def run_sweep(
         f"latency median of {config.repeats} interleaved with the dense model")
     fallback = [imp for imp in config.importances if _point_allocation(config, imp) != config.allocation]
     if fallback:
-        say(f"note: --allocation {config.allocation} needs a Fisher importance; {', '.join(fallback)} use count")
+        say(f"note: --allocation {config.allocation} needs a Fisher importance; {', '.join(fallback)} use {DEFAULT_ALLOCATION}")
     if done:
         say(f"resuming {out}: {len(done)} finished point(s) kept ({', '.join(sorted(done))})")
     result = SweepResult([], [])
@@ -377,9 +378,10 @@ def _stages(prune_steps: int) -> str:
 
 
 def _point_allocation(config: SweepConfig, importance: str) -> str:
-    """``config.allocation``, except that 1/s_b needs a Fisher importance: the others fall back to count."""
+    """``config.allocation``, except that 1/s_b needs a Fisher importance: the others fall back to the
+    default allocation."""
     if config.allocation == "sensitivity" and importance_entry(importance).needs != "fisher":
-        return "count"
+        return DEFAULT_ALLOCATION
     return config.allocation
 
 

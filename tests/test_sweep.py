@@ -165,15 +165,15 @@ def test_sweep_of_an_already_pruned_checkpoint(finished, setup, tmp_path):
     assert abs(float(rows[1]["removed_fraction"]) - 0.2) < 0.02
 
 
-def test_sensitivity_allocation_falls_back_to_count_and_says_so(setup, tmp_path):
+def test_sensitivity_allocation_falls_back_to_even_and_says_so(setup, tmp_path):
     root, data, ckpt = setup
     config = _config(data, ckpt)
     config.allocation, config.ratios, config.importances = "sensitivity", [0.3], ["random"]
-    assert _prune_config(config, "random", 0.3).allocation == "count"
+    assert _prune_config(config, "random", 0.3).allocation == "even"
     assert _prune_config(config, "medcore", 0.3).allocation == "sensitivity"
     said: list[str] = []
     run_sweep(config, tmp_path / "s", progress=False, log=said.append)
-    assert any("random use count" in line for line in said), said
+    assert any("random use even" in line for line in said), said
     # without a progress bar every stage of every point is said, so a long sweep never looks stalled
     for stage in ("[dense] evaluate", "[random-0.3] prune", "[random-0.3] evaluating", "[random-0.3] latency"):
         assert any(line.startswith(stage) for line in said), (stage, said)

@@ -33,6 +33,10 @@ class Adapter(Protocol):
     def blocks(self, encoder: nn.Module) -> list[nn.Module]:
         """The prunable transformer blocks, in forward order."""
 
+    DEFAULT_PROTECTED_BLOCKS: int
+    """How many final blocks ``--ratio`` leaves untouched unless told otherwise (lifted when the ratio
+    cannot be reached with them protected)."""
+
     STEM_PREFIXES: tuple[str, ...]
     """Parameter-name prefixes (in ``encoder.named_parameters()``) of the stem: the layers before the
     first prunable block, which pruning never changes."""

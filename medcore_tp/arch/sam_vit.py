@@ -25,6 +25,8 @@ FAMILY = "sam_vit"
 # The preprocessing SAM / MedSAM checkpoints were trained with: stretched to the square, min-max to [0, 1].
 RESIZE_MODE = "square"
 NORMALISATION = "min-max"
+# The paper protects ViT-B's last two blocks (10 and 11): 2 of 12 equal blocks, a sixth of the encoder.
+DEFAULT_PROTECTED_BLOCKS = 2
 
 
 def is_encoder(module: nn.Module) -> bool:

@@ -32,7 +32,15 @@ from medcore_tp.importance_registry import CALIBRATED_IMPORTANCES, IMPORTANCE_NA
 from medcore_tp.maskcheck import check_masks
 from medcore_tp.models import MODEL_NAMES, build_model
 from medcore_tp.outdir import RunFolder
-from medcore_tp.pipeline import PruneConfig, RatioRequest, default_protection, max_ratio, run_prune
+from medcore_tp.pipeline import (
+    ALLOCATIONS,
+    DEFAULT_ALLOCATION,
+    PruneConfig,
+    RatioRequest,
+    default_protection,
+    max_ratio,
+    run_prune,
+)
 from medcore_tp.profile import profile_model
 from medcore_tp.prune import summary
 from medcore_tp.recovery import SCHEDULES
@@ -86,7 +94,7 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers that read removed groups, after each stage: from the dense "
                    "model's statistics, then (paired) on the pruned model's own inputs; none to skip.")
-@click.option("--allocation", type=click.Choice(["count", "even", "sensitivity"]), default="count", show_default=True,
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=DEFAULT_ALLOCATION, show_default=True,
               help="How removals are shared among blocks: the same fraction of each (even), the same number "
                    "from each (count, which strips narrow blocks first) or MedCore's 1/s_b (sensitivity; "
                    "Fisher importances only: medcore, medcore-grad, boundary-fisher).")

@@ -8,6 +8,7 @@ from medcore_tp.cli import main
 from medcore_tp.cli._common import parse_device, parse_protect, parse_views, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.models import MODEL_NAMES, default_weights
+from medcore_tp.pipeline import ALLOCATIONS, DEFAULT_ALLOCATION
 from medcore_tp.recovery import SCHEDULES
 from medcore_tp.sweep import SweepConfig, run_sweep
 
@@ -52,9 +53,9 @@ def _folders(text: str | None) -> list[str] | None:
 @click.option("--refit", type=click.Choice(["dense", "paired", "none"]), default="dense", show_default=True,
               help="Least-squares refit of the layers reading removed groups after each stage: from dense "
                    "statistics, then (paired) on the pruned model's own inputs.")
-@click.option("--allocation", type=click.Choice(["count", "even", "sensitivity"]), default="count", show_default=True,
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=DEFAULT_ALLOCATION, show_default=True,
               help="How removals are shared among blocks: the same fraction of each (even), the same number "
-                   "from each (count) or MedCore's 1/s_b (sensitivity, Fisher importances only; the others get count).")
+                   "from each (count) or MedCore's 1/s_b (sensitivity, Fisher importances only; the others get even).")
 @click.option("--distill-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Distillation steps towards the dense model's cached outputs after pruning (0: none).")
 @click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
