@@ -114,3 +114,15 @@ def test_even_allocation_takes_the_same_fraction_of_every_block():
     # equal counts (no weights) strip the narrow blocks first
     count = ratio_budget(heads, mlp, 0.5, 0.5)
     assert count.mlp[0] / mlp[0] > count.mlp[-1] / mlp[-1]
+
+
+def test_default_protection_is_the_familys():
+    from medcore_tp.models import build_model
+    from medcore_tp.pipeline import RatioRequest, default_protection, settle_ratios
+
+    assert default_protection(build_model("sam-vit-b", device="meta")) == [10, 11]  # the paper's
+    assert default_protection(build_model("tiny", device="meta")) == [2, 3]
+    lite = build_model("lite-medsam", device="meta")
+    assert default_protection(lite) == []  # its last two blocks hold most of the encoder
+    ratios = settle_ratios(lite, RatioRequest(ratio=0.3), "even")
+    assert ratios.protect == [] and abs(ratios.rule.removed_fraction - 0.3) < 0.005

@@ -252,6 +252,8 @@ def test_protection_lifted_and_recovery_skipped_are_said(tmp_path):
     res = _run("prune", *TINY, "--importance", "magnitude", "--ratio", "0.2", "--out", tmp_path / "kept",
                "--no-progress")
     assert "protection lifted" not in res.output
+    assert "allocation: even (the default): the same fraction of heads and of MLP channels from every pruned " \
+           "block, blocks 2,3 untouched" in res.output
     assert json.loads((tmp_path / "kept" / "summary.json").read_text())["protection_lifted"] is False
 
 
@@ -417,6 +419,7 @@ def test_protect_blocks_none_protects_no_block(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "none" / "summary.json").read_text())
     assert summary["protect_blocks"] == [] and summary["protection_lifted"] is False
+    assert "allocation:" not in res.output  # asked for, so not announced
     # the rule alone protects blocks 2 and 3 at this ratio; with none, every block gives up MLP channels
     dense = json.loads(_run("info", "--model", "tiny", "--json").output)["mlp_per_block"]
     assert all(kept < width for kept, width in zip(summary["mlp_per_block"], dense, strict=True))

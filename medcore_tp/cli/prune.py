@@ -178,6 +178,11 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     arch = build_model(model_name, device="meta")
     ratios = config.check(arch)  # bad values fail before any work
     default = default_protection(arch)
+    if click.get_current_context().get_parameter_source("allocation") == click.core.ParameterSource.DEFAULT:
+        kept = f"blocks {','.join(map(str, ratios.protect))} untouched" if ratios.protect else "no block protected"
+        log(f"allocation: {allocation} (the default): the same fraction of heads and of MLP channels from every "
+            f"pruned block, {kept}; --allocation and --protect-blocks choose")
+        decisions.append(f"allocation {allocation} (the default), {kept}")
     if ratio is not None and protect is None and ratios.protect != default:
         shown, most = ",".join(map(str, default)), max_ratio(arch, default)
         log(f"note: --ratio {ratio} cannot be reached with blocks {shown} protected (at most {most:.4f}): "
