@@ -40,7 +40,7 @@ def info(model_name: str, checkpoint: str | None, as_json: bool) -> None:
     kind = "pruned" if record else "dense"
     click.echo(f"{model_name} ({kind}{', ' + checkpoint if checkpoint else ', random init'}), "
                f"input {data['input_size']}x{data['input_size']}")
-    shown = ",".join(map(str, protect)) or "none"
+    shown = f"blocks {','.join(map(str, protect))} protected" if protect else "no block protected"
     click.echo(
         table(
             [
@@ -48,8 +48,8 @@ def info(model_name: str, checkpoint: str | None, as_json: bool) -> None:
                 ("model parameters", f"{prof.params:,}"),
                 ("encoder GFLOPs (torch.utils.flop_counter)", gflops(prof.flops_torch_g)),
                 ("encoder GFLOPs (paper convention)", gflops(prof.flops_paper_g)),
-                (f"largest --ratio, blocks {shown} protected (default)", f"{reach['with_protection']:.4f}"),
-                ("largest --ratio, no block protected", f"{reach['without_protection']:.4f}"),
+                (f"largest --ratio, {shown} (default)", f"{reach['with_protection']:.4f}"),
+                *([("largest --ratio, no block protected", f"{reach['without_protection']:.4f}")] if protect else []),
             ],
             ("", "value"),
         )
