@@ -149,6 +149,9 @@ RECIPES = {
     # ... followed by prune --data's recovery (2 x 200 steps at lr 1e-5 towards the model as each stage starts)
     "long-obs-even-all": _recipe("lite_medsam_long_obs_even_all", "0.5", "refit", 200, "--protect-blocks", "none",
                                  calib=60, allocation="even"),
+    # ... and the same at 60%, the README's default ratio
+    "long-obs-even-all-r60": _recipe("lite_medsam_long_obs_even_all_r60", "0.6", "refit", 200, "--protect-blocks",
+                                     "none", calib=60, allocation="even"),
     # the refit alone with even allocation for the other importances (random, Taylor, MedCore) at 50%
     "refit-even-importances": _recipe("lite_medsam_refit_even_importances", "0.5", "random,taylor,medcore", 0,
                                       "--protect-blocks", "none", calib=60, allocation="even"),

@@ -223,6 +223,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "cross_modality_recovered": _from_csv("cross_modality", "cross_table", "cross_modality_recovered_cpu2.csv"),
     "cross_modality_recovered_ratios": _from_csv("cross_modality", "cross_table",
                                                  "cross_modality_recovered_ratios_cpu2.csv"),
+    "cross_modality_even": _from_csv("cross_modality", "cross_table", "cross_modality_even_cpu2.csv"),
     "cross_modality_refit_all200": _from_csv("cross_modality", "cross_table", "cross_modality_refit_all200_cpu2.csv"),
     "cross_modality_xlong": _from_csv("cross_modality", "cross_table", "cross_modality_xlong_cpu2.csv"),
     "cross_modality_xlong_paired": _from_csv("cross_modality", "cross_paired_table", "cross_modality_xlong_cpu2_paired.csv"),
