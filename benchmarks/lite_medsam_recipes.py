@@ -143,19 +143,20 @@ def _plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    shown = [r for r in rows if r["flops_torch_g"] is not None]
+    # numbered markers and a legend below: long recipe names no longer overlap each other
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.22 * len(shown)))
     for ax, metric, label in ((axes[0], "boundary_f1", "Boundary F1"), (axes[1], "hd95", "HD95 (px)")):
-        for r in rows:
-            if r["flops_torch_g"] is None:
-                continue
-            ax.scatter(r["flops_torch_g"], r[metric], s=40)
-            ax.annotate(r["point"], (r["flops_torch_g"], r[metric]), fontsize=8, xytext=(4, 4),
-                        textcoords="offset points")
+        for i, r in enumerate(shown, 1):
+            ax.scatter(r["flops_torch_g"], r[metric], s=40, color=f"C{(i - 1) % 10}", label=f"{i}: {r['point']}")
+            ax.annotate(str(i), (r["flops_torch_g"], r[metric]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel("encoder GFLOPs (torch)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.suptitle(f"LiteMedSAM recipes, {rows[0]['n']} test images (kvasir-seg-256 + cvc-clinicdb-256)")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=1, frameon=False)
+    fig.tight_layout(rect=(0, 0.055 * len(shown) * 4.2 / (4.2 + 0.22 * len(shown)), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
