@@ -5,14 +5,16 @@ For each model (the packaged dense weights, and ``--pruned`` checkpoints), ``med
 onnx`` writes the encoder and the box decoder, then ``medcore-tp evaluate`` runs the dev test splits of
 kvasir-seg-256 and cvc-clinicdb-256 with ``--backend torch`` and with each of ``--backends``
 (``onnxruntime``, ``openvino``: fp32; ``openvino-bf16``: OpenVINO computing in bf16, where the CPU has
-it), with one splits file. Writes ``benchmarks/results/export_parity_<machine>.csv`` (per model,
+it), with one splits file. Writes ``benchmarks/results/<name>_<machine>.csv`` (``--name``, default
+``export_parity``; per model,
 backend and metric: both means, the largest per-image |difference| and the paired mean difference
 with its 95% bootstrap interval) and ``..._machine.json``, and prints the table. The target of the
 deploy issue is a difference <= 1e-3 in Dice, Boundary F1 and HD95 (for the fp32 exports; bf16 is a
 choice with a measured cost).
 
 Usage: ``python benchmarks/export_parity.py --pruned p50=out/sweep/medcore-0.5/pruned.pth
-[--backends onnxruntime,openvino,openvino-bf16] [--splits out/sweep/splits.json] [--work out/export_parity]``
+[--backends onnxruntime,openvino,openvino-bf16] [--splits out/sweep/splits.json] [--work out/export_parity]
+[--name export_parity]``
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def main() -> None:
                     help=f"comma-separated, from {', '.join(BACKENDS)}")
     ap.add_argument("--splits", default=None, help="splits.json to evaluate on [new splits, seed 42]")
     ap.add_argument("--work", default="out/export_parity", help="folder for the exports and evaluations")
+    ap.add_argument("--name", default="export_parity", help="result-file prefix under benchmarks/results")
     args = ap.parse_args()
     models = [("dense", None)] + [tuple(p.split("=", 1)) for p in args.pruned]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -95,10 +98,10 @@ def main() -> None:
             rows += parity_rows(label, b, dirs["torch"], dirs[b])
     tag = machine_tag("cpu")
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"export_parity_{tag}.csv")
+    path = os.path.join(RESULTS, f"{args.name}_{tag}.csv")
     write_rows(path, rows)
     save_json({"machine": machine_info("cpu"), "models": dict(models), "backends": backends, "splits": args.splits},
-              os.path.join(RESULTS, f"export_parity_{tag}_machine.json"))
+              os.path.join(RESULTS, f"{args.name}_{tag}_machine.json"))
     with open(path, newline="") as f:
         print(parity_table(list(csv.DictReader(f))))
     print(f"wrote {path}")
