@@ -218,6 +218,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "lite_medsam_leverage": leverage,
     **{key: table for name in RECIPE_TABLES for key, table in _recipe_tables(name).items()},
     "export_parity": _from_csv("export_parity", "parity_table", "export_parity_cpu2.csv"),
+    "export_parity_even": _from_csv("export_parity", "parity_table", "export_parity_even_cpu2.csv"),
     "cross_modality": _from_csv("cross_modality", "cross_table", "cross_modality_cpu2.csv"),
     "cross_modality_paired": _from_csv("cross_modality", "cross_paired_table", "cross_modality_cpu2_paired.csv"),
     "cross_modality_recovered": _from_csv("cross_modality", "cross_table", "cross_modality_recovered_cpu2.csv"),
