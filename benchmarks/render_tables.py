@@ -106,6 +106,7 @@ RECIPE_TABLES = (
     "lite_medsam_importance_refit_all200_r30", "lite_medsam_xlong_lr3e-5", "lite_medsam_xlong_r30_lr3e-5",
     "lite_medsam_dense_teacher", "lite_medsam_dense_teacher_r30", "lite_medsam_dense_teacher_schedule", "lite_medsam_xlong_r60", "lite_medsam_goals",
     "lite_medsam_allocation", "lite_medsam_even_vs_count", "lite_medsam_importance_even",
+    "lite_medsam_even_r60",
 )
 
 
