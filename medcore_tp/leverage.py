@@ -42,7 +42,7 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.inference import input_size, predict_logits, upsample_logits
 from medcore_tp.metrics import boundary_f1, hd95
 from medcore_tp.models.spec import input_spec
-from medcore_tp.pipeline import PruneConfig, RatioRequest, prune_scored, score_importance
+from medcore_tp.pipeline import DEFAULT_ALLOCATION, PruneConfig, RatioRequest, prune_scored, score_importance
 from medcore_tp.profile import count_params
 
 GRADIENT_FLOOR_PERCENTILE = 5
@@ -106,6 +106,7 @@ class LeverageConfig:
     importance: str = "magnitude"
     calib_size: int = 16
     protect: list[int] = field(default_factory=list)
+    allocation: str = DEFAULT_ALLOCATION  # how each grid point's removals are shared among blocks
     box_jitter: int = 5
     resamples: int = 1000
     seed: int = 0
@@ -194,7 +195,8 @@ def run_leverage(
     log(f"leverage: {len(items)} images ({config.split} split), a {len(config.head_ratios)} x {len(config.mlp_ratios)} "
         f"grid pruned by {config.importance} importance, no recovery, tau {', '.join(f'{t:g}' for t in config.taus)} px")
     base = PruneConfig(importance=config.importance, ratios=RatioRequest(heads_ratio=0.0, mlp_ratio=0.0),
-                       data=tuple(config.data), calib_size=config.calib_size, recover_steps=0, seed=config.seed)
+                       data=tuple(config.data), calib_size=config.calib_size, recover_steps=0, seed=config.seed,
+                       allocation=config.allocation)
     scoring = score_importance(model, base, log=log)
     dense_params = count_params(model.image_encoder)
     grid: dict[tuple[int, int], GridPoint] = {}

@@ -83,8 +83,8 @@ def check_runtime(runtime: str, precision: str = "fp32", device: str = "cpu") ->
     if runtime == "openvino" and device != "cpu":
         raise MedcoreError(f"device {device}: the openvino backend runs on cpu only here", "device")
     if runtime == "openvino" and precision == "bf16" and not openvino_bf16():
-        raise MedcoreError("precision bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 or AMX)",
-                           "precision")
+        raise MedcoreError("precision bf16: this CPU has no bf16 arithmetic for openvino (needs AVX512-BF16 or AMX); "
+                           "fp32 runs everywhere", "precision")
 
 
 class _OpenVinoSession:
@@ -177,10 +177,11 @@ def load_onnx_model(name: str, checkpoint: str | None, random_init: bool = False
     from medcore_tp.models import model_config
 
     if random_init or checkpoint is None or not str(checkpoint).endswith(".onnx") and not os.path.isfile(checkpoint):
-        raise MedcoreError(f"runtime {runtime}: needs checkpoint MODEL.onnx (written by medcore-tp export)", "runtime")
+        raise MedcoreError(f"checkpoint: the {runtime} backend needs an ONNX model written by medcore-tp export "
+                           "(MODEL.onnx), not random weights", "checkpoint")
+    check_runtime(runtime, precision, "cpu" if device == "auto" else device)  # openvino: cpu only
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise MedcoreError(f"device {device}: {runtime} runs on cpu or cuda", "device")
-    check_runtime(runtime, precision, "cpu" if device == "auto" else device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedcoreError(f"device {device}: CUDA is not available on this machine", "device")
     model = OnnxSam(checkpoint, device="cpu" if device == "auto" else device, runtime=runtime, precision=precision)

@@ -61,6 +61,10 @@ from medcore_tp.profile import profile_model
 
 IMPORTANCES: tuple[str, ...] = IMPORTANCE_NAMES
 SETTINGS_FILE = "settings.json"
+# What a setting left unsaid meant when the folder was written: a point pruned under earlier defaults
+# (equal counts for importances without 1/s_b, the last two blocks protected on every family) must not
+# be mixed with new ones on resume, so the record names the defaults it ran under.
+DEFAULTS_RECORD = {"allocation_fallback": DEFAULT_ALLOCATION, "protection": "family"}
 POINT_FILE = "point.json"
 DENSE = "dense"
 # Stages a point goes through, in order (``stage_hook`` is told each one as it starts).
@@ -101,6 +105,7 @@ class SweepConfig:
     def settings(self) -> dict[str, Any]:
         """The settings record (paths made absolute, so that a rerun from elsewhere still matches)."""
         record = asdict(self)
+        record["defaults"] = DEFAULTS_RECORD
         for key in ("data", "eval_data"):
             if record[key] is not None:
                 record[key] = [os.path.abspath(p) for p in record[key]]
@@ -173,6 +178,9 @@ def check_settings(out: Path, settings: dict[str, Any]) -> bool:
         raise MedcoreError(f"--out {out}: {path} is unreadable; --out must be a new folder") from None
     # a setting added to SweepConfig after the folder was written counts as its default there
     defaults = {f.name: f.default for f in fields(SweepConfig) if f.default is not MISSING}
+    if old.get("defaults") != settings.get("defaults"):
+        raise MedcoreError(f"--out {out} holds a sweep run under earlier defaults (equal-count allocation, the last "
+                           "two blocks protected); --out must be a new folder")
     differ = sorted(k for k in set(old) | set(settings) if old.get(k, defaults.get(k)) != settings.get(k))
     if differ:
         raise MedcoreError(

@@ -261,3 +261,26 @@ def test_progressive_settings_reach_every_point_and_a_rerun_must_match_them(setu
     config.recover_views = "hflip,rotate"
     with pytest.raises(MedcoreError, match="--recover-views hflip,rotate: give distinct views"):
         validate(config)
+
+
+def test_a_folder_written_under_the_earlier_defaults_is_not_resumed(setup, tmp_path):
+    root, data, ckpt = setup
+    config = _config(data, ckpt)
+    older = {k: v for k, v in config.settings().items() if k != "defaults"}  # before the even allocation
+    (tmp_path / "settings.json").write_text(json.dumps(older))
+    with pytest.raises(MedcoreError, match=r"holds a sweep run under earlier defaults \(equal-count allocation"):
+        check_settings(tmp_path, config.settings())
+    (tmp_path / "settings.json").write_text(json.dumps(config.settings()))
+    assert check_settings(tmp_path, config.settings()) is True
+
+
+def test_sweep_protect_blocks_none_reaches_the_points(setup, tmp_path):
+    root, data, ckpt = setup
+    res = CliRunner().invoke(main, ["sweep", "--model", "tiny", "--checkpoint", str(ckpt), "--data", data,
+                                    "--ratios", "0.2", "--importances", "random", "--recover-steps", "0",
+                                    "--protect-blocks", "none", "--repeats", "1", "--no-progress",
+                                    "--out", str(tmp_path / "s")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s" / "settings.json").read_text())["protect"] == []
+    point = json.loads((tmp_path / "s" / "random-0.2" / "point.json").read_text())
+    assert point["protect_blocks"] == []  # the rule alone protects blocks 2 and 3 of tiny at this ratio

@@ -6,10 +6,11 @@ import click
 
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
-from medcore_tp.cli._common import parse_device, parse_int_list, table
+from medcore_tp.cli._common import parse_device, parse_protect, table
 from medcore_tp.errors import MedcoreError
 from medcore_tp.leverage import PAPER_BLR95, LeverageConfig, run_leverage
 from medcore_tp.models import MODEL_NAMES, default_weights
+from medcore_tp.pipeline import ALLOCATIONS, DEFAULT_ALLOCATION
 from medcore_tp.sweep import IMPORTANCES
 
 
@@ -33,7 +34,9 @@ def _floats(option: str, text: str) -> list[float]:
               help="Which groups each grid point removes.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Calibration images per dataset (calibrated importances only).")
-@click.option("--protect-blocks", default=None, help="Blocks left untouched [none].")
+@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 8,9 [none].")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=DEFAULT_ALLOCATION, show_default=True,
+              help="How each grid point's removals are shared among blocks (as prune --allocation).")
 @click.option("--resamples", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Bootstrap resamples of the images for BLR95's interval.")
 @click.option("--device", default="auto", show_default=True)
@@ -41,7 +44,7 @@ def _floats(option: str, text: str) -> list[float]:
 @click.option("--no-progress", is_flag=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 def leverage(model_name, checkpoint, data, split, images, head_ratios, mlp_ratios, taus, importance, calib_size,
-             protect_blocks, resamples, device, seed, no_progress, out_dir) -> None:
+             protect_blocks, allocation, resamples, device, seed, no_progress, out_dir) -> None:
     """Per grid step (no recovery) the near-boundary logit change per unit slope and % parameters; BLR95."""
     if checkpoint is None:
         checkpoint = default_weights(model_name)
@@ -51,8 +54,8 @@ def leverage(model_name, checkpoint, data, split, images, head_ratios, mlp_ratio
         model=model_name, data=[p.strip() for p in data.split(",") if p.strip()],
         head_ratios=_floats("--head-ratios", head_ratios), mlp_ratios=_floats("--mlp-ratios", mlp_ratios),
         taus=_floats("--tau", taus), checkpoint=checkpoint, split=split, images=images, importance=importance,
-        calib_size=calib_size, protect=parse_int_list("--protect-blocks", protect_blocks), resamples=resamples,
-        seed=seed,
+        calib_size=calib_size, protect=parse_protect(protect_blocks) or [], resamples=resamples,
+        seed=seed, allocation=allocation,
     )
     try:
         model, _ = load_model(model_name, checkpoint)

@@ -71,7 +71,8 @@ def _float_list(option: str, text: str | None) -> list[float] | None:
 @click.option("--importance", type=click.Choice(IMPORTANCE_NAMES), default="refit", show_default=True)
 @click.option("--heads-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL heads to remove.")
 @click.option("--mlp-ratio", type=float, default=None, help="Instead of --ratio: fraction of ALL MLP channels to remove.")
-@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11, or none (default with --ratio: the last two while --ratio stays reachable).")
+@click.option("--protect-blocks", default=None, help="Blocks left untouched, e.g. 10,11, or none (default with --ratio: the model family's, the last two "
+                   "on SAM's ViT while --ratio stays reachable, none on LiteMedSAM's TinyViT).")
 @click.option("--alpha", default="auto", show_default=True, help="MedCore alpha: auto (paper) or a number in [0, 1].")
 @click.option("--calib-size", type=click.IntRange(min=1), default=None,
               help="Calibration images per dataset, first of the training split [default: 128; 8 without --data].")
