@@ -74,7 +74,7 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
         if d not in DTYPES:
             raise MedcoreError(f"--dtype {d}: unknown dtype, choose from {', '.join(DTYPES)}")
     for b in backends:
-        allowed = _DTYPES_OF.get(b, tuple(DTYPES))
+        allowed = RUNTIME_PRECISIONS.get(b, tuple(DTYPES))
         if not any(d in allowed for d in dtypes):
             raise MedcoreError(f"--dtype {','.join(dtypes)}: the {b} backend runs {' or '.join(allowed)} only; "
                                f"leave {b} out of --backends or add --dtype {allowed[0]}")
@@ -86,12 +86,8 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
     if device.type == "cpu" and "fp16" in dtypes:
         raise MedcoreError("--dtype fp16: PyTorch has no fast fp16 kernels on the CPU; use bf16 or fp32 there")
     notes = [f"{b}: skipped, {_ONE_FAMILY[b][1]}" for b in backends if not _runs(b, is_vit)]
-    return notes + [f"{b} {d}: skipped, the {b} backend runs {' or '.join(_DTYPES_OF[b])} only"
-                    for b in backends if b in _DTYPES_OF and _runs(b, is_vit) for d in dtypes if d not in _DTYPES_OF[b]]
-
-
-# dtypes of the backends that do not run every dtype: the exported ones (their runtimes' precisions)
-_DTYPES_OF = RUNTIME_PRECISIONS
+    return notes + [f"{b} {d}: skipped, the {b} backend runs {' or '.join(RUNTIME_PRECISIONS[b])} only"
+                    for b in backends if b in RUNTIME_PRECISIONS and _runs(b, is_vit) for d in dtypes if d not in RUNTIME_PRECISIONS[b]]
 
 
 # backends for one encoder family only: (runs on SAM ViT?, why it is skipped on the other family)
@@ -103,8 +99,8 @@ _ONE_FAMILY = {
 
 def _runs(backend: str, is_vit: bool, dtype: str | None = None) -> bool:
     """Whether ``backend`` applies to the architecture (:data:`_ONE_FAMILY`; the others run on both)
-    and, given ``dtype``, runs it (:data:`_DTYPES_OF`)."""
-    if dtype is not None and dtype not in _DTYPES_OF.get(backend, tuple(DTYPES)):
+    and, given ``dtype``, runs it (:data:`RUNTIME_PRECISIONS`)."""
+    if dtype is not None and dtype not in RUNTIME_PRECISIONS.get(backend, tuple(DTYPES)):
         return False
     return backend not in _ONE_FAMILY or _ONE_FAMILY[backend][0] == is_vit
 

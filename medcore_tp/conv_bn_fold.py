@@ -41,8 +41,9 @@ def fold_conv_bn(model: nn.Module) -> int:
     """Fold every ``Conv2d`` -> ``BatchNorm2d`` pair of :func:`conv_bn_pairs` into one convolution, in
     place; the batch norm becomes ``nn.Identity``. Returns how many pairs were folded (0: nothing to do).
 
-    ``model`` must be in eval mode, its convolutions and batch norms alike (a training-mode batch norm normalises by the batch, which no fixed
-    convolution reproduces): raises ``ValueError`` naming ``model`` otherwise. Outputs stay equal to
+    ``model`` must be in eval mode, its convolutions and batch norms alike (a training-mode batch norm
+    normalises by the batch, which no fixed convolution reproduces): raises ``ValueError`` naming
+    ``model`` otherwise. Outputs stay equal to
     float rounding (about 1e-6 of their scale in fp32)."""
     pairs = conv_bn_pairs(model)
     # torch's fusion also asserts on a convolution left in training mode: refuse either, in one line

@@ -124,7 +124,13 @@ def max_ratio(arch: nn.Module, protect: Sequence[int]) -> float:
                          count_params(encoder), protect)
 
 
-ALLOCATIONS = ("even", "count", "sensitivity")
+# how each allocation shares a budget among the unprotected blocks (said on screen, docs/method.md)
+ALLOCATION_RULES = {
+    "even": "the same fraction of heads and of MLP channels from every pruned block",
+    "count": "the same number of heads and of MLP channels from every pruned block",
+    "sensitivity": "removals in proportion to 1 / s_b (MedCore's block sensitivity)",
+}
+ALLOCATIONS = tuple(ALLOCATION_RULES)
 # the same fraction from every block: on LiteMedSAM, whose stages differ fourfold in width, taking the
 # same count from each (count) stripped the narrow early stages and cost 0.055 Dice after the refit at 50%
 DEFAULT_ALLOCATION = "even"

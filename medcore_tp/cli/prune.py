@@ -33,6 +33,7 @@ from medcore_tp.maskcheck import check_masks
 from medcore_tp.models import MODEL_NAMES, build_model
 from medcore_tp.outdir import RunFolder
 from medcore_tp.pipeline import (
+    ALLOCATION_RULES,
     ALLOCATIONS,
     DEFAULT_ALLOCATION,
     PruneConfig,
@@ -181,8 +182,8 @@ def prune(model_name, checkpoint, random_init, source_checkpoint, data, data_wei
     default = default_protection(arch)
     if click.get_current_context().get_parameter_source("allocation") == click.core.ParameterSource.DEFAULT:
         kept = f"blocks {','.join(map(str, ratios.protect))} untouched" if ratios.protect else "no block protected"
-        log(f"allocation: {allocation} (the default): the same fraction of heads and of MLP channels from every "
-            f"pruned block, {kept}; --allocation and --protect-blocks choose")
+        log(f"allocation: {allocation} (the default): {ALLOCATION_RULES[allocation]}, {kept}; --allocation and "
+            "--protect-blocks choose")
         decisions.append(f"allocation {allocation} (the default), {kept}")
     if ratio is not None and protect is None and ratios.protect != default:
         shown, most = ",".join(map(str, default)), max_ratio(arch, default)
