@@ -7,7 +7,7 @@ decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torc
 
 Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
 folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
-``sdpa`` (eager with :mod:`medcore_tp.fast_attention`; SAM ViT only), ``compile`` (``torch.compile``
+``sdpa`` (eager with :mod:`medcore_tp.fast_attention` and :mod:`medcore_tp.token_layout`; SAM ViT only), ``compile`` (``torch.compile``
 of the fastest eager variant: sdpa for SAM ViT, fold for TinyViT), ``onnxruntime`` (the export of
 :mod:`medcore_tp.export`, fp32 only) and ``openvino`` (the same export in OpenVINO on the CPU, fp32 or
 bf16, :mod:`medcore_tp.runtime`).
@@ -33,6 +33,7 @@ from medcore_tp.export import BoxDecoder, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
 from medcore_tp.runtime import RUNTIME_PRECISIONS, check_runtime
+from medcore_tp.token_layout import use_contiguous_tokens
 
 BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
@@ -113,7 +114,7 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
                   part: str, is_vit: bool) -> Callable[[], Any]:
     model = exportable(model)  # an eval-mode copy: folding and attention swaps leave the caller's model alone
     if backend in ("sdpa", "compile") and is_vit:
-        use_sdpa(model)
+        use_contiguous_tokens(use_sdpa(model))
     if backend in ("fold", "compile") and not is_vit:
         fold_conv_bn(model)
     model = model.to(device=device, dtype=dtype).eval()

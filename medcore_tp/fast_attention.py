@@ -23,7 +23,11 @@ from torch import nn
 from medcore_tp.arch import image_encoder
 from medcore_tp.errors import MedcoreError
 
-__all__ = ["SdpaAttention", "use_sdpa", "uses_sdpa"]
+__all__ = ["HEADWISE_MASK_ELEMENTS", "SdpaAttention", "use_sdpa", "uses_sdpa"]
+
+# Inference with at least this many mask elements per head (B * N * N; 16.8 M for ViT's global blocks
+# at 1024 px, 0.96 M for its 25 windows) runs head by head through one reused mask buffer.
+HEADWISE_MASK_ELEMENTS = 1 << 22
 
 
 class SdpaAttention(nn.Module):
@@ -56,25 +60,51 @@ class SdpaAttention(nn.Module):
 
     def rel_pos_mask(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The decomposed rel-pos bias (B, heads, N, N) for unscaled queries ``q`` (B, heads, N, hd)."""
+        b, nh = q.shape[:2]
+        bias_h, bias_w = self._rel_pos_factors(q, h, w)
+        return (bias_h[..., :, None] + bias_w[..., None, :]).view(b, nh, h * w, h * w)
+
+    def _rel_pos_factors(self, q: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bias's two factors, (B, heads, h, w, h) and (B, heads, h, w, w): their broadcast sum is the mask."""
         b, nh, _, d = q.shape
         rh = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
         rw = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
         r_q = q.reshape(b, nh, h, w, d)
         # einsum hands back permuted strides, and a broadcast add of such inputs keeps them, which made
-        # the reshape below copy the whole (heads, N, N) mask (about 40% of a global block's time on CPU);
-        # contiguous (heads, N, side) factors make the sum contiguous and the reshape a view
+        # the mask's reshape copy the whole (heads, N, N) mask (about 40% of a global block's time on CPU);
+        # contiguous factors make the sum contiguous and the reshape a view
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).contiguous()
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).contiguous()
-        return (bias_h[..., :, None] + bias_w[..., None, :]).view(b, nh, h * w, h * w)
+        return bias_h, bias_w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         n = h * w
         qkv = self.qkv(x.reshape(b, n, -1)).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        mask = self.rel_pos_mask(q, h, w) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        if self.use_rel_pos and not torch.is_grad_enabled() and b * n * n >= HEADWISE_MASK_ELEMENTS:
+            out = self._headwise(q, k, v, h, w)
+        else:
+            mask = self.rel_pos_mask(q, h, w) if self.use_rel_pos else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+
+    def _headwise(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Inference only: one head at a time through one reused (B, 1, N, N) mask buffer.
+
+        A global block of ViT-B at 1024 px would otherwise build a 12 x 4096 x 4096 mask (805 MB) per
+        call; one head's mask is 67 MB, allocated once per call.
+        """
+        b, nh, n, _ = q.shape
+        bias_h, bias_w = self._rel_pos_factors(q, h, w)
+        mask = q.new_empty(b, 1, h, w, h, w)
+        out = torch.empty_like(q)
+        for i in range(nh):
+            head = slice(i, i + 1)
+            torch.add(bias_h[:, head, ..., :, None], bias_w[:, head, ..., None, :], out=mask)
+            out[:, head] = F.scaled_dot_product_attention(q[:, head], k[:, head], v[:, head],
+                                                          attn_mask=mask.view(b, 1, n, n), scale=self.scale)
+        return out
 
 
 def use_sdpa(model: nn.Module) -> nn.Module:

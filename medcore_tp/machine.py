@@ -24,7 +24,8 @@ def cpu_model() -> str:
 
 
 def machine_info(device: str = "cpu") -> dict:
-    """Host, platform, CPU model, core count, torch threads, torch version and (for CUDA) the GPU name."""
+    """Host, platform, CPU model, core count, torch threads, torch version, the allocator and thread
+    variables set (``environment``, only when any is) and, for CUDA, the GPU name."""
     info = {
         "host": socket.gethostname(),
         "platform": platform.platform(),
@@ -35,6 +36,11 @@ def machine_info(device: str = "cpu") -> dict:
         "torch": torch.__version__,
         "device": device,
     }
+    # the allocator and thread settings change CPU timings (glibc's returns large blocks to the kernel, and
+    # page faults then took the stock dense ViT-B encoder from 6.30 to 10.06 s per forward on the 2-core VM)
+    env = {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "OMP_NUM_THREADS", "MALLOC_CONF") if k in os.environ}
+    if env:
+        info["environment"] = env
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

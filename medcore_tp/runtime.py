@@ -41,15 +41,16 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, device: str
     try:
         import onnxruntime as ort
     except ImportError:
-        raise MedcoreError("--backend onnxruntime needs onnxruntime: pip install medcore-tp[export]") from None
+        raise MedcoreError("runtime onnxruntime: needs the onnxruntime package: pip install medcore-tp[export]",
+                           "runtime") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3  # warnings about unused initialisers are noise here
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise MedcoreError(f"--device {device}: this onnxruntime build has no CUDA provider "
-                               "(pip install onnxruntime-gpu)")
+            raise MedcoreError(f"device {device}: this onnxruntime build has no CUDA provider "
+                               "(pip install onnxruntime-gpu)", "device")
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
 
@@ -58,7 +59,8 @@ def _openvino():
     try:
         import openvino
     except ImportError:
-        raise MedcoreError("--backend openvino needs openvino: pip install medcore-tp[export]") from None
+        raise MedcoreError("runtime openvino: needs the openvino package: pip install medcore-tp[export]",
+                           "runtime") from None
     return openvino
 
 

@@ -264,6 +264,11 @@ def test_check_runtime_names_the_parameter_and_the_cli_its_flag(tmp_path):
         check_runtime("tensorrt")
     assert err.value.param == "runtime"
     check_runtime("openvino", "fp32")  # runs here: no error
+    from medcore_tp.cli._common import param_flags
+
+    # each command's own flag: evaluate takes one --backend, bench a list (--backends)
+    assert err.value.with_flags(param_flags("evaluate")).startswith("--backend tensorrt:")
+    assert err.value.with_flags(param_flags("bench")).startswith("--backends tensorrt:")
     data = write_synthetic_dataset(tmp_path / "synth", n=2, size=64)
     res = run("evaluate", "--model", "tiny", "--random-init", "--dtype", "bf16", "--data", data, "--split", "all",
               "--out", tmp_path / "ev")

@@ -79,3 +79,27 @@ def test_prunable_attention_converts_and_prunes_after_sdpa(tiny_model, tiny_inpu
 def test_sdpa_refuses_tinyvit():
     with pytest.raises(MedcoreError, match="SAM's ViT encoder, not TinyViT"):
         use_sdpa(build_model("lite-tiny", checkpoint=None))
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_headwise_inference_matches_segment_anything(tiny_model, tiny_input, pruned, monkeypatch):
+    """Large masks go head by head through one buffer at inference: the same outputs as the stock encoder."""
+    import medcore_tp.fast_attention as fast_attention
+
+    if pruned:
+        _stock_pruned(tiny_model, [2, 3, 1, 4], [100, 256, 30, 256])
+    fast = use_sdpa(copy.deepcopy(tiny_model))
+    attn = fast.image_encoder.blocks[1].attn  # global: the whole 8 x 8 grid
+    q, k, v = torch.randn(3, 2, attn.num_heads, 64, attn.head_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        whole = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn.rel_pos_mask(q, 8, 8),
+                                                                 scale=attn.scale)
+        torch.testing.assert_close(attn._headwise(q, k, v, 8, 8), whole, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(fast_attention, "HEADWISE_MASK_ELEMENTS", 1)  # every block goes head by head
+    with torch.no_grad():
+        torch.testing.assert_close(fast.image_encoder(tiny_input), tiny_model.image_encoder(tiny_input),
+                                   rtol=1e-5, atol=1e-5)
+    # with gradients on, the whole-mask path runs (the reused buffer would break autograd)
+    out = fast.image_encoder(tiny_input)
+    assert out.requires_grad
+    torch.testing.assert_close(out, tiny_model.image_encoder(tiny_input), rtol=1e-5, atol=1e-5)

@@ -15,9 +15,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MedcoreError as exc:
-            from medcore_tp.cli._common import PARAM_FLAGS
+            from medcore_tp.cli._common import param_flags
 
-            raise click.UsageError(exc.with_flags(PARAM_FLAGS)) from None
+            raise click.UsageError(exc.with_flags(param_flags(ctx.invoked_subcommand))) from None
         except (KeyboardInterrupt, Interrupted) as exc:
             # One line saying what was kept, and the shell's convention for SIGINT (128 + 2).
             kept = str(exc) if isinstance(exc, Interrupted) else "nothing was written"

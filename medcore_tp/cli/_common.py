@@ -26,6 +26,13 @@ PARAM_FLAGS = {
     "allocation": "--allocation", "refit": "--refit", "distill_steps": "--distill-steps", "distill_lr": "--distill-lr",
     "recover_views": "--recover-views", "checkpoint": "--checkpoint", "runtime": "--backend", "precision": "--dtype",
 }
+# Where a command names a parameter's flag differently (bench takes lists: --backends).
+COMMAND_PARAM_FLAGS = {"bench": {"runtime": "--backends"}}
+
+
+def param_flags(command: str | None) -> dict[str, str]:
+    """:data:`PARAM_FLAGS` with ``command``'s own spellings."""
+    return {**PARAM_FLAGS, **COMMAND_PARAM_FLAGS.get(command or "", {})}
 
 
 def choose_weights(model_name: str, checkpoint: str | None, random_init: bool) -> str | None:
