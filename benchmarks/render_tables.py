@@ -158,9 +158,9 @@ def training_step_cost() -> str:
     return "\n".join(lines)
 
 
-def ort_profile() -> str:
+def ort_profile(name: str = "ort_profile_lite_cpu2.json") -> str:
     """``benchmarks/ort_profile.py``: FLOPs and ONNX Runtime kernel time per encoder part, dense vs pruned."""
-    d = _load("ort_profile_lite_cpu2.json")
+    d = _load(name)
     threads = d["threads"]
     lines = ["| part | GFLOPs dense / pruned | FLOP ratio | " + " | ".join(
         f"ms dense / pruned, {t} thread{'s' if t > 1 else ''} | speedup" for t in threads) + " |",
@@ -234,6 +234,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "cross_modality_refit_paired": _from_csv("cross_modality", "cross_paired_table",
                                              "cross_modality_refit_cpu2_paired.csv"),
     "ort_profile": ort_profile,
+    "ort_profile_even": lambda: ort_profile("ort_profile_lite_cpu2_even.json"),
     "lite_medsam_importances": lite_importances,
     "lite_medsam_cascade": lite_cascade,
     "prune_vit_b": vit_b,
