@@ -15,7 +15,7 @@ The pruned checkpoint is ``benchmarks/bench_deploy.py``'s (magnitude importance,
 ``--ratio 0.5``; latency does not depend on which groups went).
 
 Usage: ``python benchmarks/ort_profile.py [--threads 1,2] [--runs 5] [--scratch DIR] [--tag-suffix X]
-[--round-to N]``; writes ``benchmarks/results/ort_profile_lite_<machine><X>.{csv,json}``. A fresh
+[--round-to N]``; writes ``benchmarks/results/ort_profile_lite_<machine><X>[_roundN].{csv,json}``. A fresh
 ``--scratch`` prunes with today's defaults.
 """
 
@@ -148,14 +148,15 @@ def main() -> None:
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     ckpt = pruned_checkpoint("lite", args.scratch, "cpu", args.round_to)
+    suffix = args.tag_suffix + (f"_round{args.round_to}" if args.round_to > 1 else "")  # as bench_deploy.py
     files, flops = {}, {}
     for which, checkpoint in (("dense", "packaged"), ("pruned", ckpt)):
-        files[which] = os.path.join(args.scratch, "ort_profile" + args.tag_suffix, f"{which}.onnx")
+        files[which] = os.path.join(args.scratch, "ort_profile" + suffix, f"{which}.onnx")
         if not os.path.exists(files[which]):
             cli("export", "--model", "lite-medsam", "--checkpoint", checkpoint, "--format", "onnx", "--out", files[which])
         flops[which] = flops_per_part(load_model("lite-medsam", checkpoint)[0])
     times = {(w, t): ort_time_per_part(files[w], t, args.runs,
-                                       os.path.join(args.scratch, "ort_profile" + args.tag_suffix, f"{w}_t{t}"))
+                                       os.path.join(args.scratch, "ort_profile" + suffix, f"{w}_t{t}"))
              for t in threads for w in ("dense", "pruned")}
     walls = {t: wall_ms(files, t, args.runs) for t in threads}
     parts = sorted(set(flops["dense"]) | {p for v in times.values() for p in v},
@@ -178,13 +179,14 @@ def main() -> None:
         wall.update({f"ms_dense_t{t}": d, f"ms_pruned_t{t}": p, f"speedup_t{t}": d / p})
     rows.append(wall)
     tag = machine_tag()
-    base = os.path.join(RESULTS, f"ort_profile_lite_{tag}{args.tag_suffix}")
+    base = os.path.join(RESULTS, f"ort_profile_lite_{tag}{suffix}")
     with open(base + ".csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     with open(base + ".json", "w") as f:
-        json.dump({"machine": machine_info(), "pruned_checkpoint": os.path.relpath(ckpt, args.scratch),
+        json.dump({"machine": machine_info(), "pruned_checkpoint": "bench_deploy.py lite (magnitude, --ratio 0.5"
+                   + (f", --round-to {args.round_to}" if args.round_to > 1 else "") + f"): {ckpt}",
                    "runs": args.runs, "threads": threads, "rows": rows}, f, indent=1)
     head = "| part | GFLOPs dense | GFLOPs pruned | FLOP ratio | " + " | ".join(
         f"ms dense / pruned, {t} thread{'s' if t > 1 else ''} | speedup" for t in threads) + " |"

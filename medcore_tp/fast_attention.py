@@ -25,8 +25,9 @@ from medcore_tp.errors import MedcoreError
 
 __all__ = ["HEADWISE_MASK_ELEMENTS", "SdpaAttention", "use_sdpa", "uses_sdpa"]
 
-# Inference with at least this many mask elements per head (B * N * N; 16.8 M for ViT's global blocks
-# at 1024 px, 0.96 M for its 25 windows) runs head by head through one reused mask buffer.
+# CPU inference with at least this many mask elements per head (B * N * N: 16.8 M per image for ViT's
+# global blocks at 1024 px, 0.96 M for the 25 windows of a windowed block, so windowed blocks too from
+# batch 5) runs head by head through one reused mask buffer.
 HEADWISE_MASK_ELEMENTS = 1 << 22
 
 
@@ -82,7 +83,7 @@ class SdpaAttention(nn.Module):
         n = h * w
         qkv = self.qkv(x.reshape(b, n, -1)).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        if self.use_rel_pos and not torch.is_grad_enabled() and b * n * n >= HEADWISE_MASK_ELEMENTS:
+        if self.use_rel_pos and b * n * n >= HEADWISE_MASK_ELEMENTS and _eager_cpu_inference(q):
             out = self._headwise(q, k, v, h, w)
         else:
             mask = self.rel_pos_mask(q, h, w) if self.use_rel_pos else None
@@ -105,6 +106,14 @@ class SdpaAttention(nn.Module):
             out[:, head] = F.scaled_dot_product_attention(q[:, head], k[:, head], v[:, head],
                                                           attn_mask=mask.view(b, 1, n, n), scale=self.scale)
         return out
+
+
+def _eager_cpu_inference(q: torch.Tensor) -> bool:
+    """Whether the head-by-head path may run: no gradients (its buffer is written in place), the CPU
+    (where it was measured), and no tracing or export (an ``out=`` add does not export, and the size
+    test would become a guard on the symbolic batch)."""
+    return (not torch.is_grad_enabled() and q.device.type == "cpu" and not torch.jit.is_tracing()
+            and not torch.compiler.is_exporting())
 
 
 def use_sdpa(model: nn.Module) -> nn.Module:

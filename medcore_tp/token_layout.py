@@ -6,7 +6,8 @@ convolution's (B, C, H, W) memory, whose channel stride is H * W. Every later op
 across strides, and each layer norm and linear first copies its input. The token width (768) is never
 pruned, so dense and pruned encoders pay the same: on the 2-core CPU the contiguous layout took ViT-B's
 sdpa encoder from 3.17 to 2.64 s pruned and 6.34 to 5.90 s dense (benchmarks/bench_vit_fast_paths.py),
-and its speedup from 0.84 to 0.94 of the FLOP ratio.
+and its speedup from 0.84 to 0.94 of the FLOP ratio (0.90 once the head-by-head masks of
+:mod:`medcore_tp.fast_attention` make both encoders faster again, the dense one more).
 :class:`ContiguousPatchEmbed` stores the tokens contiguously once, after the convolution; the maths,
 the parameters and the state-dict keys are segment_anything's.
 """

@@ -103,3 +103,24 @@ def test_headwise_inference_matches_segment_anything(tiny_model, tiny_input, pru
     out = fast.image_encoder(tiny_input)
     assert out.requires_grad
     torch.testing.assert_close(out, tiny_model.image_encoder(tiny_input), rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_model_exports_with_the_headwise_path_enabled(tiny_model, tiny_input, tmp_path, monkeypatch):
+    """Export traces the whole-mask path: an ``out=`` add does not export and the size test would guard the batch."""
+    import medcore_tp.fast_attention as fast_attention
+    from medcore_tp.export import export_pt2
+
+    monkeypatch.setattr(fast_attention, "HEADWISE_MASK_ELEMENTS", 1)
+    fast = use_sdpa(copy.deepcopy(tiny_model)).eval()
+    encoder_pt2, _ = export_pt2(fast, tmp_path / "fast.pt2")
+    program = torch.export.load(str(encoder_pt2))
+    with torch.no_grad():
+        expected = tiny_model.image_encoder(tiny_input)
+        torch.testing.assert_close(program.module()(tiny_input), expected, rtol=1e-5, atol=1e-5)
+        # the encoder traced by ONNX export inside no_grad, as a user may call it
+        torch.onnx.export(fast.image_encoder, (tiny_input,), str(tmp_path / "enc.onnx"), dynamo=False)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: tiny_input.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
