@@ -37,6 +37,11 @@ def cli(*args: str, env: dict[str, str] | None = None) -> None:
     subprocess.run([sys.executable, "-m", "medcore_tp", *args], check=True, env={**os.environ, **(env or {})})
 
 
+def round_tag(round_to: int) -> str:
+    """The suffix result files of a ``--round-to N`` run carry (none for 1)."""
+    return f"_round{round_to}" if round_to > 1 else ""
+
+
 def pruned_checkpoint(which: str, scratch: str, device: str, round_to: int = 1) -> str:
     """Prune once (reused by later runs), MLP widths at multiples of ``round_to``; returns the checkpoint path."""
     model, extra = PRUNE[which]
@@ -79,7 +84,7 @@ def main() -> None:
         machine = machine_tag(args.device)
     for which in targets:
         model = PRUNE[which][0]
-        tag = (f"{which}_{machine}{args.tag_suffix}" + (f"_round{args.round_to}" if args.round_to > 1 else "")
+        tag = (f"{which}_{machine}{args.tag_suffix}" + round_tag(args.round_to)
                + ("_keep" if args.keep_freed_memory else ""))
         if args.dry_run:
             print(f"would prune {model} and run bench --backends {args.backends} --dtype {args.dtype} "

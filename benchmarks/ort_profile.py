@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info, machine_tag  # noqa: E402
-from bench_deploy import HERE, RESULTS, cli, pruned_checkpoint  # noqa: E402
+from bench_deploy import HERE, RESULTS, cli, pruned_checkpoint, round_tag  # noqa: E402
 
 from medcore_tp.checkpoint import load_model  # noqa: E402
 from medcore_tp.runtime import ort_session  # noqa: E402
@@ -148,7 +148,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     ckpt = pruned_checkpoint("lite", args.scratch, "cpu", args.round_to)
-    suffix = args.tag_suffix + (f"_round{args.round_to}" if args.round_to > 1 else "")  # as bench_deploy.py
+    suffix = args.tag_suffix + round_tag(args.round_to)
     files, flops = {}, {}
     for which, checkpoint in (("dense", "packaged"), ("pruned", ckpt)):
         files[which] = os.path.join(args.scratch, "ort_profile" + suffix, f"{which}.onnx")

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
-from medcore_tp.arch import image_encoder
-from medcore_tp.errors import MedcoreError
+from medcore_tp.arch import image_encoder, sam_vit
 
 __all__ = ["HEADWISE_MASK_ELEMENTS", "SdpaAttention", "use_sdpa", "uses_sdpa"]
 
@@ -123,9 +122,7 @@ def use_sdpa(model: nn.Module) -> nn.Module:
     Raises :class:`MedcoreError` for an encoder that is not segment_anything's ViT (LiteMedSAM's
     TinyViT has its own attention, with a learned per-head bias table, and is left to the other backends).
     """
-    encoder = image_encoder(model)
-    if not isinstance(encoder, ImageEncoderViT):
-        raise MedcoreError(f"the sdpa attention is for SAM's ViT encoder, not {type(encoder).__name__}")
+    encoder = sam_vit.require_encoder(image_encoder(model), "the sdpa attention")
     for block in encoder.blocks:
         if not isinstance(block.attn, SdpaAttention):
             block.attn = SdpaAttention(block.attn)
@@ -135,4 +132,4 @@ def use_sdpa(model: nn.Module) -> nn.Module:
 def uses_sdpa(model: nn.Module) -> bool:
     """Whether every attention of ``model``'s encoder is an :class:`SdpaAttention`."""
     encoder = image_encoder(model)
-    return isinstance(encoder, ImageEncoderViT) and all(isinstance(b.attn, SdpaAttention) for b in encoder.blocks)
+    return sam_vit.is_encoder(encoder) and all(isinstance(b.attn, SdpaAttention) for b in encoder.blocks)

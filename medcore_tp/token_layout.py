@@ -15,11 +15,10 @@ the parameters and the state-dict keys are segment_anything's.
 from __future__ import annotations
 
 import torch
-from segment_anything.modeling.image_encoder import ImageEncoderViT, PatchEmbed
+from segment_anything.modeling.image_encoder import PatchEmbed
 from torch import nn
 
-from medcore_tp.arch import image_encoder
-from medcore_tp.errors import MedcoreError
+from medcore_tp.arch import image_encoder, sam_vit
 
 __all__ = ["ContiguousPatchEmbed", "use_contiguous_tokens", "uses_contiguous_tokens"]
 
@@ -41,9 +40,7 @@ def use_contiguous_tokens(model: nn.Module) -> nn.Module:
     ``model`` is a SAM-style model or its ViT encoder, dense or pruned. Idempotent; returns ``model``.
     Raises :class:`MedcoreError` for an encoder that is not segment_anything's ViT.
     """
-    encoder = image_encoder(model)
-    if not isinstance(encoder, ImageEncoderViT):
-        raise MedcoreError(f"the contiguous token layout is for SAM's ViT encoder, not {type(encoder).__name__}")
+    encoder = sam_vit.require_encoder(image_encoder(model), "the contiguous token layout")
     if not isinstance(encoder.patch_embed, ContiguousPatchEmbed):
         encoder.patch_embed = ContiguousPatchEmbed(encoder.patch_embed)
     return model
@@ -52,4 +49,4 @@ def use_contiguous_tokens(model: nn.Module) -> nn.Module:
 def uses_contiguous_tokens(model: nn.Module) -> bool:
     """Whether ``model``'s encoder is a SAM ViT with a :class:`ContiguousPatchEmbed`."""
     encoder = image_encoder(model)
-    return isinstance(encoder, ImageEncoderViT) and isinstance(encoder.patch_embed, ContiguousPatchEmbed)
+    return sam_vit.is_encoder(encoder) and isinstance(encoder.patch_embed, ContiguousPatchEmbed)

@@ -20,6 +20,7 @@ from torch import nn
 
 from medcore_tp.arch.layers import head_channels, resized_linear, zeroing_hooks
 from medcore_tp.arch.sam_vit_tp import PrunableAttention
+from medcore_tp.errors import MedcoreError
 
 FAMILY = "sam_vit"
 # The preprocessing SAM / MedSAM checkpoints were trained with: stretched to the square, min-max to [0, 1].
@@ -32,6 +33,14 @@ DEFAULT_PROTECTED_BLOCKS = 2
 def is_encoder(module: nn.Module) -> bool:
     """Whether ``module`` is a segment_anything ViT image encoder."""
     return isinstance(module, ImageEncoderViT)
+
+
+def require_encoder(module: nn.Module, what: str) -> ImageEncoderViT:
+    """``module`` if it is a segment_anything ViT encoder; else :class:`MedcoreError` saying that ``what``
+    (e.g. "the sdpa attention") is for SAM's ViT only."""
+    if not is_encoder(module):
+        raise MedcoreError(f"{what} is for SAM's ViT encoder, not {type(module).__name__}")
+    return module
 
 
 def blocks(encoder: ImageEncoderViT) -> list[Block]:
