@@ -54,5 +54,6 @@ def fold_conv_bn(model: nn.Module) -> int:
         keys = list(container._modules)
         conv, bn = container[i], container[i + 1]
         container._modules[keys[i]] = fuse_conv_bn_eval(conv, bn)
-        container._modules[keys[i + 1]] = nn.Identity()
+        # a new module starts in training mode; the folded model stays wholly in eval mode
+        container._modules[keys[i + 1]] = nn.Identity().eval()
     return len(pairs)
