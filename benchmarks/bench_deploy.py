@@ -27,14 +27,9 @@ PRUNE = {
 }
 
 
-# glibc's thresholds above which freed blocks are unmapped / trimmed, raised past any block the encoders
-# allocate (the environment variable is read at process start, hence a child process)
-KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> None:
-    print("$ " + "".join(f"{k}={v} " for k, v in (env or {}).items()) + "medcore-tp " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "medcore_tp", *args], check=True, env={**os.environ, **(env or {})})
+def cli(*args: str) -> None:
+    print("$ medcore-tp " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "medcore_tp", *args], check=True)
 
 
 def round_tag(round_to: int) -> str:
@@ -70,7 +65,7 @@ def main() -> None:
                         help="Prune with --round-to N (tagged _roundN) to see what aligned MLP widths buy.")
     parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="Run bench with glibc keeping freed memory (GLIBC_TUNABLES, tagged _keep): without it, "
+                        help="Run bench --keep-freed-memory (glibc keeps freed memory, tagged _keep): without it, "
                              "large blocks go back to the kernel and page faults cost the stock dense ViT-B encoder "
                              "10.06 s instead of 6.30 s per forward on the 2-core VM.")
     parser.add_argument("--dry-run", action="store_true", help="Print the commands only.")
@@ -95,7 +90,7 @@ def main() -> None:
             "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
             "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"),
             *(["--threads", args.threads] if args.threads else []),
-            env={"GLIBC_TUNABLES": KEEP_FREED_MEMORY} if args.keep_freed_memory else None)
+            *(["--keep-freed-memory"] if args.keep_freed_memory else []))
 
 
 if __name__ == "__main__":

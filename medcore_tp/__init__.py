@@ -6,7 +6,6 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.graph import BlockPlan, PruningSpec, apply_plan, build_graph, prepare_pruning
 from medcore_tp.importance import BoundaryFisherImportance, FirstOrderMedCoreImportance, MedCoreImportance
 from medcore_tp.models import MODEL_NAMES, MODELS, InputSpec, build_model, default_weights, input_spec
-from medcore_tp.row_strips import use_row_strips
 
 __version__ = "0.1.0"
 
@@ -30,5 +29,4 @@ __all__ = [
     "load_pruned",
     "prepare_pruning",
     "save_pruned",
-    "use_row_strips",
 ]

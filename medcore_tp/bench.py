@@ -7,8 +7,6 @@ decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torc
 
 Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
 folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
-``strips`` (``fold`` plus the full-resolution MBConv stage run in row strips, :mod:`medcore_tp.row_strips`;
-TinyViT only),
 ``sdpa`` (eager with :mod:`medcore_tp.fast_attention` and :mod:`medcore_tp.token_layout`; SAM ViT only), ``compile`` (``torch.compile``
 of the sdpa model for SAM ViT, of the folded one for TinyViT), ``onnxruntime`` (the export of
 :mod:`medcore_tp.export`, fp32 only) and ``openvino`` (the same export in OpenVINO on the CPU, fp32 or
@@ -34,11 +32,10 @@ from medcore_tp.errors import MedcoreError
 from medcore_tp.export import BoxDecoder, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
-from medcore_tp.row_strips import use_row_strips
 from medcore_tp.runtime import RUNTIME_PRECISIONS, check_runtime
 from medcore_tp.token_layout import use_contiguous_tokens
 
-BACKENDS = ("torch", "fold", "strips", "sdpa", "compile", "onnxruntime", "openvino")
+BACKENDS = ("torch", "fold", "sdpa", "compile", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("encoder", "model")
@@ -98,7 +95,6 @@ def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.
 _ONE_FAMILY = {
     "sdpa": (True, "the fused rel-pos attention is for SAM's ViT (TinyViT keeps its own attention)"),
     "fold": (False, "SAM's ViT has no batch norm to fold into a convolution"),
-    "strips": (False, "row strips are for TinyViT's full-resolution MBConv stage, which SAM's ViT has not"),
 }
 
 
@@ -119,10 +115,8 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
     model = exportable(model)  # an eval-mode copy: folding and attention swaps leave the caller's model alone
     if backend in ("sdpa", "compile") and is_vit:
         use_contiguous_tokens(use_sdpa(model))
-    if backend in ("fold", "strips", "compile") and not is_vit:
+    if backend in ("fold", "compile") and not is_vit:
         fold_conv_bn(model)
-    if backend == "strips" and not is_vit:
-        use_row_strips(model)
     model = model.to(device=device, dtype=dtype).eval()
     size = model.image_encoder.img_size
     images = torch.rand(batch, 3, size, size, device=device, dtype=dtype)

@@ -8,6 +8,8 @@ import socket
 
 import torch
 
+from medcore_tp.allocator import keeps_freed_memory
+
 
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``; "" if unknown.
@@ -25,7 +27,8 @@ def cpu_model() -> str:
 
 def machine_info(device: str = "cpu") -> dict:
     """Host, platform, CPU model, core count, torch threads, torch version, the allocator and thread
-    variables set (``environment``, only when any is) and, for CUDA, the GPU name."""
+    variables set (``environment``, only when any is), ``keep_freed_memory`` when
+    :func:`medcore_tp.allocator.keep_freed_memory` was applied, and, for CUDA, the GPU name."""
     info = {
         "host": socket.gethostname(),
         "platform": platform.platform(),
@@ -41,6 +44,8 @@ def machine_info(device: str = "cpu") -> dict:
     env = {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "OMP_NUM_THREADS", "MALLOC_CONF") if k in os.environ}
     if env:
         info["environment"] = env
+    if keeps_freed_memory():
+        info["keep_freed_memory"] = True
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

@@ -64,26 +64,24 @@ def test_bench_writes_table_csv_json_png(pruned_tiny, tmp_path):
     assert "speedup" in res.output and "FLOP ratio" in res.output
 
 
-def test_bench_lite_skips_sdpa_and_says_so_folds_and_runs_strips(tmp_path):
+def test_bench_lite_skips_sdpa_and_says_so_and_folds(tmp_path):
     torch.manual_seed(0)
     model = build_model("lite-tiny", checkpoint=None)
     adapter_for(model).resize(model.image_encoder, [1, 1, 2], [40, 96, 150])
     save_pruned(model, tmp_path / "p.pth", base="lite-tiny")
-    res = run("bench", "--model", "lite-tiny", "--checkpoint", tmp_path / "p.pth", "--backends", "torch,sdpa,fold,strips",
+    res = run("bench", "--model", "lite-tiny", "--checkpoint", tmp_path / "p.pth", "--backends", "torch,sdpa,fold",
               "--parts", "encoder,model", "--repeats", 1, "--warmup", 0, "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
-    assert "sdpa: skipped" in res.output and "fold: skipped" not in res.output and "strips: skipped" not in res.output
+    assert "sdpa: skipped" in res.output and "fold: skipped" not in res.output
     rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
-    assert [(r["backend"], r["part"]) for r in rows] == [
-        (b, p) for b in ("torch", "fold", "strips") for p in ("encoder", "model")]
+    assert [(r["backend"], r["part"]) for r in rows] == [(b, p) for b in ("torch", "fold") for p in ("encoder", "model")]
 
 
-def test_bench_vit_skips_fold_and_strips_and_says_so(pruned_tiny, tmp_path):
-    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,fold,strips",
+def test_bench_vit_skips_fold_and_says_so(pruned_tiny, tmp_path):
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,fold",
               "--repeats", 1, "--warmup", 0, "--out", tmp_path)
     assert res.exit_code == 0, res.output
     assert "fold: skipped, SAM's ViT has no batch norm" in res.output
-    assert "strips: skipped, row strips are for TinyViT's" in res.output
     assert [r["backend"] for r in json.loads((tmp_path / "bench.json").read_text())["rows"]] == ["torch"]
 
 
@@ -157,3 +155,15 @@ def test_gpu_suite_dry_run_fits_and_writes_nothing():
     assert sorted((ROOT / "benchmarks" / "results").iterdir()) == results
     bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown option --fast" in bad.stderr
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"),
+                    reason="glibc only")
+def test_bench_keep_freed_memory_says_so_and_records_it(pruned_tiny, tmp_path):
+    # its own process: the setting is process-wide and would outlive this test in pytest's
+    res = subprocess.run([sys.executable, "-m", "medcore_tp", "bench", "--model", "tiny", "--checkpoint", str(pruned_tiny),
+                          "--backends", "torch", "--repeats", "1", "--warmup", "0", "--keep-freed-memory",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "--keep-freed-memory: glibc keeps freed memory in this process" in res.stdout
+    assert json.loads((tmp_path / "bench.json").read_text())["machine"]["keep_freed_memory"] is True
