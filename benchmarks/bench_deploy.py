@@ -7,7 +7,7 @@ encoder parameters, as benchmarks/bench_prune_vit_b.py); LiteMedSAM's packaged w
 
 Usage: ``python benchmarks/bench_deploy.py --which vit-b|lite|both [--device cpu|cuda]
 [--backends torch,sdpa] [--dtype fp32] [--batch 1] [--threads 1,2] [--repeats 3] [--tag-suffix X] [--round-to N]
-[--keep-freed-memory]``
+[--release-freed-memory]``
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, default=1,
                         help="Prune with --round-to N (tagged _roundN) to see what aligned MLP widths buy.")
     parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="Run bench --keep-freed-memory (glibc keeps freed memory, tagged _keep): without it, "
-                             "large blocks go back to the kernel and page faults cost the stock dense ViT-B encoder "
-                             "10.06 s instead of 6.30 s per forward on the 2-core VM.")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="Run medcore-tp --release-freed-memory bench (glibc's malloc defaults, tagged _released): "
+                             "large freed blocks go back to the kernel and page faults cost the stock dense ViT-B "
+                             "encoder 10.06 s instead of 6.30 s per forward on the 2-core VM.")
     parser.add_argument("--dry-run", action="store_true", help="Print the commands only.")
     args = parser.parse_args()
     targets = ["vit-b", "lite"] if args.which == "both" else [args.which]
@@ -80,17 +80,16 @@ def main() -> None:
     for which in targets:
         model = PRUNE[which][0]
         tag = (f"{which}_{machine}{args.tag_suffix}" + round_tag(args.round_to)
-               + ("_keep" if args.keep_freed_memory else ""))
+               + ("_released" if args.release_freed_memory else ""))
         if args.dry_run:
             print(f"would prune {model} and run bench --backends {args.backends} --dtype {args.dtype} "
                   f"--batch {args.batch} --device {args.device} -> {RESULTS}/bench_deploy_{tag}.*")
             continue
         ckpt = pruned_checkpoint(which, args.scratch, args.device, args.round_to)
-        cli("bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
+        cli(*(["--release-freed-memory"] if args.release_freed_memory else []), "bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
             "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
             "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"),
-            *(["--threads", args.threads] if args.threads else []),
-            *(["--keep-freed-memory"] if args.keep_freed_memory else []))
+            *(["--threads", args.threads] if args.threads else []))
 
 
 if __name__ == "__main__":

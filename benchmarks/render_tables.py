@@ -192,6 +192,19 @@ def fisher_cost() -> str:
     return "\n".join(lines)
 
 
+def allocator() -> str:
+    """``benchmarks/bench_allocator.py``: time and page faults per forward, glibc's defaults vs kept freed memory."""
+    d = _load("allocator_cpu2.json")
+    lines = [f"| encoder ({d['threads']} threads) | malloc | dense s | dense page faults | pruned s | pruned page faults "
+             "| speedup | / FLOP ratio |", "|---|---|---|---|---|---|---|---|"]
+    modes = {"default": "glibc's defaults", "keep": "`keep_freed_memory()`"}
+    for r in d["rows"]:
+        lines.append(f"| {r['model']} | {modes[r['mode']]} | {r['dense_median_s']:.3f} | {r['dense_median_faults']:,.0f} "
+                     f"| {r['pruned_median_s']:.3f} | {r['pruned_median_faults']:,.0f} | {r['speedup']:.2f}x "
+                     f"| {r['speedup_over_flop_ratio']:.2f} of {r['flop_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
 def deploy() -> str:
     """``benchmarks/bench_deploy.py``'s latency tables, one per model (``deploy_table.py``)."""
     import deploy_table
@@ -201,6 +214,7 @@ def deploy() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "deploy": deploy,
+    "allocator": allocator,
     "flops": flops,
     "fisher_cost": fisher_cost,
     "evaluate_speed": evaluate_speed,

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from medcore_tp.allocator import keeps_freed_memory
 from medcore_tp.atomic import on_write, save_json
 from medcore_tp.errors import MedcoreError
 
@@ -159,9 +160,10 @@ class RunFolder:
         self._stop = on_write(note)
 
     def _write_manifest(self) -> None:
+        # keep_freed_memory: how the process's allocator ran (it changes timings, not results)
         save_json({"format": "medcore-tp run", "command": self.command, "status": self._status,
                    "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "files": self.files}, self.path / MANIFEST)
+                   "keep_freed_memory": keeps_freed_memory(), "files": self.files}, self.path / MANIFEST)
 
     def finish(self, status: str) -> None:
         """Stop following writes and record ``status`` (complete, interrupted, failed).

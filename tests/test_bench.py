@@ -159,11 +159,14 @@ def test_gpu_suite_dry_run_fits_and_writes_nothing():
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"),
                     reason="glibc only")
-def test_bench_keep_freed_memory_says_so_and_records_it(pruned_tiny, tmp_path):
+@pytest.mark.parametrize("release", [False, True])
+def test_cli_keeps_freed_memory_says_so_and_records_it(pruned_tiny, tmp_path, release):
     # its own process: the setting is process-wide and would outlive this test in pytest's
-    res = subprocess.run([sys.executable, "-m", "medcore_tp", "bench", "--model", "tiny", "--checkpoint", str(pruned_tiny),
-                          "--backends", "torch", "--repeats", "1", "--warmup", "0", "--keep-freed-memory",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "medcore_tp", *(["--release-freed-memory"] if release else []),
+                          "bench", "--model", "tiny", "--checkpoint", str(pruned_tiny), "--backends", "torch",
+                          "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert "--keep-freed-memory: glibc keeps freed memory in this process" in res.stdout
-    assert json.loads((tmp_path / "bench.json").read_text())["machine"]["keep_freed_memory"] is True
+    said = "alternating; glibc keeps freed memory (medcore-tp --release-freed-memory: its defaults)" in res.stdout
+    recorded = json.loads((tmp_path / "bench.json").read_text())["machine"].get("keep_freed_memory", False)
+    assert said is recorded is (not release)

@@ -9,7 +9,7 @@ import os
 import click
 import torch
 
-from medcore_tp.allocator import keep_freed_memory as keep_freed
+from medcore_tp.allocator import keeps_freed_memory
 from medcore_tp.atomic import save_json, save_text
 from medcore_tp.bench import BACKENDS, DTYPES, PARTS, check_request, plot, rows_to_dicts, run_bench
 from medcore_tp.checkpoint import load_model
@@ -59,11 +59,8 @@ def _machine(device: torch.device) -> dict:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
               help="Folder for bench.csv, bench.json and bench.png.")
 @click.option("--tag", default=None, help="Name the files bench_TAG.* instead of bench.*.")
-@click.option("--keep-freed-memory", is_flag=True,
-              help="Have glibc keep freed memory in this process (medcore_tp.allocator): no page faults for "
-                   "re-allocated blocks; the process keeps its peak memory. Recorded in bench.json.")
 def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, dtypes, parts, thread_counts,
-          repeats, warmup, out_dir, tag, keep_freed_memory) -> None:
+          repeats, warmup, out_dir, tag) -> None:
     """Time the dense and the pruned model alternately; median, min-max, speedup next to the FLOP ratio."""
     backend_list = _names("--backends", backends, BACKENDS)
     dtype_list = _names("--dtype", dtypes, DTYPES)
@@ -90,11 +87,10 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
         dense_checkpoint = PACKAGED
     torch.manual_seed(0)
     dense, _ = load_model(model_name, dense_checkpoint)
-    if keep_freed_memory:
-        click.echo("--keep-freed-memory: glibc keeps freed memory in this process" if keep_freed()
-                   else "--keep-freed-memory: the C library is not glibc; its allocator is left as it is")
     click.echo(f"{model_name}: dense vs {checkpoint} on {dev}, {'/'.join(map(str, threads))} threads, "
-               f"{repeats} repeats after {warmup} warm-up, alternating")
+               f"{repeats} repeats after {warmup} warm-up, alternating"
+               + ("; glibc keeps freed memory (medcore-tp --release-freed-memory: its defaults)"
+                  if keeps_freed_memory() else ""))
     rows = run_bench(dense, pruned, model_name, backend_list, dtype_list, batch_list, part_list, dev, repeats,
                      warmup, log=click.echo, threads=threads)
     shown = [(r.backend, r.dtype, r.batch, r.part, r.threads, f"{r.dense_median_s:.3f}", f"{r.pruned_median_s:.3f}",
