@@ -23,7 +23,7 @@ def _table(path: str) -> str:
             + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
             + (f", openvino {m['openvino'].split('-')[0]}" if "openvino" in m else "")
             + "".join(f"; {k}={v}" for k, v in m.get("environment", {}).items())
-            + ("; glibc keeping freed memory (bench --keep-freed-memory)" if m.get("keep_freed_memory") else "")
+            + ("; glibc keeping freed memory (medcore_tp.allocator, the CLI default)" if m.get("keep_freed_memory") else "")
             + (f"; load average {m['load_average_1_5_15'][0]:.1f} at the end" if "load_average_1_5_15" in m else "")
             + f"; median of {data['repeats']} alternating repeats, min-max in brackets)\n\n")
     lines = ["| backend | dtype | batch | part | threads | dense s | pruned s | speedup | FLOP ratio | speedup / FLOP ratio "
