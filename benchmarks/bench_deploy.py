@@ -82,7 +82,8 @@ def main() -> None:
         tag = (f"{which}_{machine}{args.tag_suffix}" + round_tag(args.round_to)
                + ("_released" if args.release_freed_memory else ""))
         if args.dry_run:
-            print(f"would prune {model} and run bench --backends {args.backends} --dtype {args.dtype} "
+            print(f"would prune {model} and run {'--release-freed-memory ' if args.release_freed_memory else ''}"
+                  f"bench --backends {args.backends} --dtype {args.dtype} "
                   f"--batch {args.batch} --device {args.device} -> {RESULTS}/bench_deploy_{tag}.*")
             continue
         ckpt = pruned_checkpoint(which, args.scratch, args.device, args.round_to)

@@ -9,8 +9,10 @@ mask per head), and on the 2-core VM the faults cost a large share of eager infe
 process). PyTorch keeps no CPU memory cache of its own, so the setting is the C library's.
 
 :func:`keep_freed_memory` raises glibc's mmap and trim thresholds through ``mallopt``, in this process,
-from the call on: freed blocks stay in the heap for the next allocation. The price is that the process
-keeps its peak memory resident until it exits. The environment variable
+from the call on: freed blocks stay in the heap for the next allocation. The price is resident memory:
+the process keeps its peak until it exits, plus what fragmentation adds (a freed block is not always
+reused in place: a loop of 64 MiB allocations held 128 MiB). Host memory only: a CUDA
+run's device memory has PyTorch's own cache and gains nothing. The environment variable
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`` does the same from
 process start; other C libraries (macOS, musl) are left alone.
 """
@@ -18,7 +20,7 @@ process start; other C libraries (macOS, musl) are left alone.
 from __future__ import annotations
 
 import ctypes
-import platform
+import os
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "keeps_freed_memory"]
 
@@ -33,33 +35,40 @@ _applied = False
 
 
 def _glibc() -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
+    """The loaded C library if it is glibc (asked of the library itself, not of the executable)."""
     try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return None
+        libc = ctypes.CDLL("libc.so.6")
+    except (AttributeError, ValueError, OSError):  # no confstr or no such name (not Linux/glibc)
         return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
 
 
 def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
     """Make glibc's malloc keep freed blocks of up to ``mmap_threshold`` bytes for reuse (this process).
 
-    Returns True when applied, False where the C library is not glibc (nothing is changed). Raises
-    ``ValueError`` naming ``mmap_threshold`` unless it is an integer from 1 MiB to 2 GiB - 1 (mallopt's
-    C int). Calling it again only changes the threshold.
+    Returns True when applied; False where the C library is not glibc or refuses the threshold (older glibc
+    releases cap it at 32 MiB), and then nothing is changed. Raises ``ValueError``
+    naming ``mmap_threshold`` unless it is an integer from 1 MiB to 2 GiB - 1 (mallopt's C int).
+    Calling it again only changes the threshold.
     """
     if isinstance(mmap_threshold, bool) or not isinstance(mmap_threshold, int) or not (
             1 << 20 <= mmap_threshold <= TRIM_THRESHOLD):
         raise ValueError(f"mmap_threshold must be an integer from {1 << 20} to {TRIM_THRESHOLD} bytes, "
                          f"got {mmap_threshold!r}")
     libc = _glibc()
-    if libc is None:
+    # the mmap threshold first: a glibc that refuses it is left exactly as it was (setting the trim
+    # threshold alone would already switch off its dynamic mmap threshold)
+    if libc is None or libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) != 1:
+        return False
+    if libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
         return False
     global _applied
-    # trim first: a freed block at the heap's top would otherwise be handed back at once
-    ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-    _applied = _applied or ok
-    return ok
+    _applied = True
+    return True
 
 
 def keeps_freed_memory() -> bool:

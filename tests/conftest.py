@@ -34,28 +34,23 @@ def randomise_rel_pos(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
-def _lite_tiny(pruned: bool) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model("lite-tiny", checkpoint=None)
-    if pruned:
-        from medcore_tp.arch import adapter_for
+@pytest.fixture(autouse=True)
+def allocator_calls(monkeypatch):
+    """In-process CLI runs record the allocator call instead of making it: ``mallopt`` cannot be undone
+    and would change the pytest process for every later test (subprocess tests make the real call).
+    Yields the thresholds the CLI asked for."""
+    from medcore_tp import allocator
 
-        adapter_for(model).resize(model.image_encoder, [1, 1, 2], [40, 96, 150])
-    # random running statistics and affine terms, so that folding or splitting them can go wrong
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
-            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
-    return model.eval()
+    calls = []
 
+    def record(mmap_threshold: int = allocator.MMAP_THRESHOLD) -> bool:
+        calls.append(mmap_threshold)
+        monkeypatch.setattr(allocator, "_applied", True)
+        return True
 
-@pytest.fixture
-def lite_tiny():
-    """``lite_tiny(pruned)``: LiteMedSAM's tiny TinyViT (eval mode) with random batch-norm statistics;
-    ``pruned`` removes heads and MLP channels."""
-    return _lite_tiny
+    monkeypatch.setattr(allocator, "_applied", False)
+    monkeypatch.setattr(allocator, "keep_freed_memory", record)
+    return calls
 
 
 @pytest.fixture

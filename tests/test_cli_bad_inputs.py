@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import stat
 from pathlib import Path
 
@@ -276,8 +275,8 @@ def test_a_rerun_never_mixes_two_runs_files(ws, tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["command"] == "prune" and manifest["status"] == "complete"
     assert manifest["files"] == ["pruned.pth", "summary.json"]
-    # the CLI keeps freed memory wherever the C library is glibc, and the record says how it ran
-    assert manifest["keep_freed_memory"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    # the record says how the process's allocator ran (here: conftest's recorder stands in for mallopt)
+    assert manifest["keep_freed_memory"] is True
     assert json.loads((out / "summary.json").read_text())["importance"] == "magnitude"
 
 

@@ -37,10 +37,12 @@ _LIGHT_COMMANDS = {"info"}
 
 @click.group(cls=_Group)
 @click.version_option(package_name="medcore-tp")
-@click.option("--release-freed-memory", is_flag=True, envvar="MEDCORE_TP_RELEASE_FREED_MEMORY",
+@click.option("--release-freed-memory", is_flag=True, envvar="MEDCORE_TP_RELEASE_FREED_MEMORY", show_envvar=True,
               help="Leave glibc's malloc at its defaults, which unmap large freed blocks at once. By default "
                    "medcore-tp keeps them for reuse (medcore_tp.allocator): eager CPU runs avoid the page faults "
-                   "(LiteMedSAM's encoder 1.7x faster on the 2-core CPU) and keep their peak memory resident.")
+                   "(LiteMedSAM's encoder 1.7x faster on the 2-core CPU) and keep their peak host memory, plus "
+                   "some fragmentation, resident. Give it before the command: medcore-tp --release-freed-memory "
+                   "bench ...")
 def main(release_freed_memory: bool) -> None:
     """Boundary-preserving structured pruning of MedSAM-style encoders."""
     ctx = click.get_current_context()
