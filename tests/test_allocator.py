@@ -50,25 +50,36 @@ def test_keep_freed_memory_checks_its_threshold():
             REAL_KEEP(bad)
 
 
-class _RefusingLibc:
-    """A C library whose mallopt refuses the mmap threshold, as glibc releases that cap it at 32 MiB do."""
+class _Libc:
+    """A C library whose mallopt accepts every setting, or (``refuse``) refuses the mmap threshold, as
+    glibc releases that cap it at 32 MiB do."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
         self.calls: list[tuple[int, int]] = []
 
     def mallopt(self, param: int, value: int) -> int:
         self.calls.append((param, value))
-        return 0
+        return 0 if self.refuse else 1
 
 
 def test_not_glibc_or_a_refused_threshold_changes_nothing(monkeypatch):
     monkeypatch.setattr(allocator, "_glibc", lambda: None)
     assert REAL_KEEP() is False and not allocator.keeps_freed_memory()
-    libc = _RefusingLibc()
+    libc = _Libc(refuse=True)
     monkeypatch.setattr(allocator, "_glibc", lambda: libc)
     assert REAL_KEEP() is False and not allocator.keeps_freed_memory()
     # the trim threshold is left alone too: setting it would switch off glibc's dynamic mmap threshold
     assert libc.calls == [(-3, allocator.MMAP_THRESHOLD)]
+
+
+def test_kept_memory_is_never_trimmed(monkeypatch):
+    """Trimming off (-1), not a finite cap: mallopt's int caps it at 2 GiB, below what the stock ViT-B
+    attention frees in one forward."""
+    libc = _Libc(refuse=False)
+    monkeypatch.setattr(allocator, "_glibc", lambda: libc)
+    assert REAL_KEEP(64 << 20) is True and allocator.keeps_freed_memory()
+    assert libc.calls == [(-3, 64 << 20), (-1, -1)]
 
 
 @pytest.mark.parametrize("args, env, applied", [
