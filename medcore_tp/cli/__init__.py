@@ -40,7 +40,7 @@ _LIGHT_COMMANDS = {"info"}
 @click.option("--release-freed-memory", is_flag=True, envvar="MEDCORE_TP_RELEASE_FREED_MEMORY", show_envvar=True,
               help="Leave glibc's malloc at its defaults, which unmap large freed blocks at once. By default "
                    "medcore-tp keeps them for reuse (medcore_tp.allocator): eager CPU runs avoid the page faults "
-                   "(LiteMedSAM's encoder 1.7x faster on the 2-core CPU) and keep their peak host memory, plus "
+                   "(LiteMedSAM's encoder 1.6x faster on the 2-core CPU) and keep their peak host memory, plus "
                    "some fragmentation, resident. Give it before the command: medcore-tp --release-freed-memory "
                    "bench ...")
 def main(release_freed_memory: bool) -> None:
