@@ -34,15 +34,14 @@ from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.models import build_model
 from medcore_tp.token_layout import use_contiguous_tokens
 
-mode, which, path, threads, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+mode, name, path, threads, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 if mode == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(threads)
-name = {"lite": "lite-medsam", "vit-b": "sam-vit-b"}[which]
 torch.manual_seed(0)
 models = {"dense": build_model(name).eval(), "pruned": load_pruned(path).eval()}
 for model in models.values():
-    if which == "lite":
+    if name == "lite-medsam":
         fold_conv_bn(model)
     else:
         use_contiguous_tokens(use_sdpa(model))
@@ -74,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from _machine import machine_tag
-    from bench_deploy import pruned_checkpoint
+    from bench_deploy import PRUNE, pruned_checkpoint
 
     from medcore_tp.checkpoint import load_pruned
     from medcore_tp.machine import machine_info
@@ -84,10 +83,10 @@ def main() -> None:
     rows = []
     for which in args.which.split(","):
         path = pruned_checkpoint(which, args.scratch, "cpu")
-        name = {"lite": "lite-medsam", "vit-b": "sam-vit-b"}[which]
+        name = PRUNE[which][0]
         flop_ratio = flops_torch(build_model(name, device="meta"))["total"] / flops_torch(load_pruned(path))["total"]
         for mode in MODES:
-            res = subprocess.run([sys.executable, "-c", CHILD, mode, which, path, str(args.threads), str(args.repeats)],
+            res = subprocess.run([sys.executable, "-c", CHILD, mode, name, path, str(args.threads), str(args.repeats)],
                                  check=True, capture_output=True, text=True)
             got = json.loads(res.stdout.strip().splitlines()[-1])
             speedup = got["dense"]["median_s"] / got["pruned"]["median_s"]

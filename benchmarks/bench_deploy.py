@@ -87,7 +87,8 @@ def main() -> None:
                   f"--batch {args.batch} --device {args.device} -> {RESULTS}/bench_deploy_{tag}.*")
             continue
         ckpt = pruned_checkpoint(which, args.scratch, args.device, args.round_to)
-        cli(*(["--release-freed-memory"] if args.release_freed_memory else []), "bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
+        cli(*(["--release-freed-memory"] if args.release_freed_memory else []),
+            "bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
             "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
             "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"),
             *(["--threads", args.threads] if args.threads else []))

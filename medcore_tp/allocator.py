@@ -9,10 +9,10 @@ mask per head), and on the 2-core VM the faults cost a large share of eager infe
 process). PyTorch keeps no CPU memory cache of its own, so the setting is the C library's.
 
 :func:`keep_freed_memory` raises glibc's mmap threshold and turns its heap trimming off through
-``mallopt``, in this process, from the call on: freed blocks stay in the heap for the next allocation. The price is resident memory:
-the process keeps its peak until it exits, plus what fragmentation adds (a freed block is not always
-reused in place: a loop of 64 MiB allocations held 128 MiB). Host memory only: a CUDA
-run's device memory has PyTorch's own cache and gains nothing. The environment variable
+``mallopt``, in this process, from the call on: freed blocks stay in the heap for the next
+allocation. The price is resident memory: the process keeps its peak until it exits, plus what
+fragmentation adds (a freed block is not always reused in place: a loop of 64 MiB allocations held
+128 MiB). Host memory only: a CUDA run's device memory has PyTorch's own cache and gains nothing. The environment variable
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`` does the same from
 process start; other C libraries (macOS, musl) are left alone.
 """
@@ -54,9 +54,9 @@ def _glibc() -> ctypes.CDLL | None:
 def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
     """Make glibc's malloc keep freed blocks of up to ``mmap_threshold`` bytes for reuse (this process).
 
-    Returns True when applied; False where the C library is not glibc or refuses the threshold (older glibc
-    releases cap it at 32 MiB), and then nothing is changed. Raises ``ValueError``
-    naming ``mmap_threshold`` unless it is an integer from 1 MiB to 2 GiB - 1 (mallopt's C int).
+    Returns True when applied; False where the C library is not glibc or refuses the threshold (older
+    glibc releases cap it at 32 MiB), and then nothing is changed. Raises ``ValueError`` naming
+    ``mmap_threshold`` unless it is an integer from 1 MiB to 2 GiB - 1 (mallopt's C int).
     Calling it again only changes the threshold.
     """
     if isinstance(mmap_threshold, bool) or not isinstance(mmap_threshold, int) or not (
