@@ -6,7 +6,7 @@ depend on which channels go or on their values): ViT-B random init with heads 0.
 encoder parameters, as benchmarks/bench_prune_vit_b.py); LiteMedSAM's packaged weights at --ratio 0.5.
 
 Usage: ``python benchmarks/bench_deploy.py --which vit-b|lite|both [--device cpu|cuda]
-[--backends torch,sdpa] [--dtype fp32] [--batch 1] [--threads 1,2] [--repeats 3] [--tag-suffix X] [--round-to N]
+[--prune-device cpu] [--backends torch,sdpa] [--dtype fp32] [--batch 1] [--threads 1,2] [--repeats 3] [--warmup 1] [--tag-suffix X] [--round-to N]
 [--release-freed-memory]``
 """
 
@@ -37,8 +37,9 @@ def round_tag(round_to: int) -> str:
     return f"_round{round_to}" if round_to > 1 else ""
 
 
-def pruned_checkpoint(which: str, scratch: str, device: str, round_to: int = 1) -> str:
-    """Prune once (reused by later runs), MLP widths at multiples of ``round_to``; returns the checkpoint path."""
+def pruned_checkpoint(which: str, scratch: str, device: str = "cpu", round_to: int = 1) -> str:
+    """Prune once on ``device`` (reused by later runs), MLP widths at multiples of ``round_to``; returns the
+    checkpoint path."""
     model, extra = PRUNE[which]
     if round_to > 1:
         extra = [*extra, "--round-to", str(round_to)]
@@ -54,11 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--which", choices=["vit-b", "lite", "both"], default="both")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prune-device", default="cpu",
+                        help="Where the pruned checkpoint is made (latency does not depend on it) [default: cpu].")
     parser.add_argument("--backends", default="torch,sdpa")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--batch", default="1")
     parser.add_argument("--parts", default="encoder")
     parser.add_argument("--repeats", default="3")
+    parser.add_argument("--warmup", default="1", help="Untimed runs per model before the timed ones.")
     parser.add_argument("--threads", default=None, help="Intra-op thread counts, e.g. 1,2 [default: torch's].")
     parser.add_argument("--tag-suffix", default="")
     parser.add_argument("--round-to", type=int, default=1,
@@ -86,10 +90,11 @@ def main() -> None:
                   f"bench --backends {args.backends} --dtype {args.dtype} "
                   f"--batch {args.batch} --device {args.device} -> {RESULTS}/bench_deploy_{tag}.*")
             continue
-        ckpt = pruned_checkpoint(which, args.scratch, args.device, args.round_to)
+        ckpt = pruned_checkpoint(which, args.scratch, args.prune_device, args.round_to)
         cli(*(["--release-freed-memory"] if args.release_freed_memory else []),
             "bench", "--model", model, "--checkpoint", ckpt, "--backends", args.backends, "--dtype", args.dtype,
-            "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--device", args.device,
+            "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--warmup", args.warmup,
+            "--device", args.device,
             "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"),
             *(["--threads", args.threads] if args.threads else []))
 

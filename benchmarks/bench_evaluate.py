@@ -8,7 +8,7 @@ of the evaluation issue: evaluation takes at most 20% longer than the forward al
     python benchmarks/bench_evaluate.py                      # tiny model, 48 kvasir-seg-256 images
     python benchmarks/bench_evaluate.py --model sam-vit-b --images 4 --batch-size 1
 
-Results go to ``benchmarks/results/evaluate_<machine>.json`` (one entry per configuration).
+Results go to ``benchmarks/results/evaluate_<machine>.json`` (``cpu2``, ``cuda-h100``: benchmarks/_machine.py) (one entry per configuration).
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _machine import machine_tag  # noqa: E402
 
 from medcore_tp.atomic import save_json
 from medcore_tp.data import SegmentationDataset, collate, discover
@@ -121,8 +125,7 @@ def main() -> None:
         },
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    machine = "gpu" if args.device.startswith("cuda") else "cpu"
-    path = args.out / f"evaluate_{machine}{os.cpu_count()}.json"
+    path = args.out / f"evaluate_{machine_tag(args.device)}.json"
     previous = json.loads(path.read_text()) if path.exists() else []
     key = (args.model, args.device, args.batch_size, args.workers, n)
     previous = [e for e in previous if (e["model"], e["device"], e["batch_size"], e["workers"], e["images"]) != key]

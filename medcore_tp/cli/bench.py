@@ -38,6 +38,10 @@ def _machine(device: torch.device) -> dict:
     return info
 
 
+def _diff(x: float) -> str:
+    return "0" if x == 0 else f"{x:.1e}"
+
+
 @main.command("bench")
 @model_option
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -55,7 +59,8 @@ def _machine(device: torch.device) -> dict:
               help="Intra-op thread counts of torch, ONNX Runtime and OpenVINO, comma-separated, each measured in turn "
                    "[default: torch's current count].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs per model.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first (the first one, always made, also gives the output's difference from "
+                   "eager fp32).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
               help="Folder for bench.csv, bench.json and bench.png.")
 @click.option("--tag", default=None, help="Name the files bench_TAG.* instead of bench.*.")
@@ -96,9 +101,10 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     shown = [(r.backend, r.dtype, r.batch, r.part, r.threads, f"{r.dense_median_s:.3f}", f"{r.pruned_median_s:.3f}",
               f"{r.speedup:.2f}x", f"{r.flop_ratio:.2f}x", f"{r.speedup_over_flop_ratio:.2f}",
               "-" if r.pruned_vs_dense_torch_fp32 != r.pruned_vs_dense_torch_fp32 else f"{r.pruned_vs_dense_torch_fp32:.2f}x",
-              f"{r.images_per_s_pruned:.2f}") for r in rows]
+              f"{r.images_per_s_pruned:.2f}", f"{_diff(r.dense_max_rel_diff)} / {_diff(r.pruned_max_rel_diff)}")
+             for r in rows]
     click.echo(table(shown, ("backend", "dtype", "batch", "part", "threads", "dense s", "pruned s", "speedup", "FLOP ratio",
-                             "speedup/FLOPs", "vs dense torch fp32", "pruned img/s")))
+                             "speedup/FLOPs", "vs dense torch fp32", "pruned img/s", "max rel diff dense / pruned")))
     stem = f"bench_{tag}" if tag else "bench"
     data = rows_to_dicts(rows)
     record_out = {"model": model_name, "checkpoint": checkpoint, "dense_checkpoint": dense_checkpoint,
