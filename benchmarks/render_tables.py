@@ -205,6 +205,25 @@ def allocator() -> str:
     return "\n".join(lines)
 
 
+def vit_op_profile() -> str:
+    """``benchmarks/vit_op_profile.py``: ViT-B encoder time and FLOPs per kind of op, dense vs 60.03%."""
+    data = _load("vit_op_profile_cpu2.json")
+
+    def num(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = ["| kind of op | dense ms | pruned ms | time ratio | FLOP ratio | GFLOP/s dense | GFLOP/s pruned |",
+             "|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['kind']} | {r['dense_ms']:.0f} | {r['pruned_ms']:.0f} | {num(r['time_ratio'], '.2f')} "
+                     f"| {num(r['flop_ratio'], '.2f')} | {num(r['dense_gflop_per_s'], '.0f')} "
+                     f"| {num(r['pruned_gflop_per_s'], '.0f')} |")
+    t = data["total_ms"]
+    lines.append(f"| all | {t['dense']:.0f} | {t['pruned']:.0f} | {data['time_ratio']:.2f} | {data['flop_ratio']:.2f} "
+                 f"| | |")
+    return "\n".join(lines)
+
+
 def deploy() -> str:
     """``benchmarks/bench_deploy.py``'s latency tables, one per model (``deploy_table.py``)."""
     import deploy_table
@@ -214,6 +233,7 @@ def deploy() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "deploy": deploy,
+    "vit_op_profile": vit_op_profile,
     "allocator": allocator,
     "flops": flops,
     "fisher_cost": fisher_cost,

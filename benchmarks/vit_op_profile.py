@@ -1,0 +1,129 @@
+"""Where SAM ViT-B's encoder time goes, dense vs the 60.03% model, next to where its FLOPs go: why the
+sdpa backend's speedup stays below the FLOP ratio on a CPU.
+
+FLOPs by kind come from ``torch.utils.flop_counter`` on segment_anything's own attention (linear layers:
+``mm``/``addmm``; attention: ``bmm``, i.e. QK^T, AV and the rel-pos products; convolutions: patch embedding
+and neck). Times come from ``torch.profiler`` (self CPU time per ATen op, per forward, median over the repeats for each kind) on the
+sdpa backend's encoders (:mod:`medcore_tp.fast_attention` + :mod:`medcore_tp.token_layout`), both models
+alternating in one process after a warm-up forward each.
+
+Usage: ``python benchmarks/vit_op_profile.py [--threads 2] [--repeats 5] [--scratch DIR]``; writes
+``benchmarks/results/vit_op_profile_<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# profiler op name -> category; ops not listed are "other"
+OP_KIND = {
+    "aten::addmm": "linear", "aten::mm": "linear",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::bmm": "attention",
+    "aten::mkldnn_convolution": "conv", "aten::convolution": "conv",
+    "aten::native_layer_norm": "layer norm",
+    "aten::add": "add", "aten::copy_": "copy", "aten::gelu": "gelu",
+}
+FLOP_KIND = {"mm": "linear", "addmm": "linear", "bmm": "attention", "convolution": "conv"}
+
+
+def flops_by_kind(model) -> dict[str, float]:
+    """FLOPs of one encoder forward per kind (linear, attention, conv) with segment_anything's attention."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medcore_tp.arch import image_encoder
+    from medcore_tp.profile import _meta_copy
+
+    encoder = _meta_copy(image_encoder(model))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoder(torch.zeros(1, 3, encoder.img_size, encoder.img_size, device="meta"))
+    out: dict[str, float] = collections.Counter()
+    for op, n in counter.get_flop_counts()["Global"].items():
+        out[FLOP_KIND.get(str(op).split(".")[-1], str(op))] += float(n)
+    return dict(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    args = parser.parse_args()
+
+    import torch
+    from _machine import machine_info, machine_tag
+    from bench_deploy import pruned_checkpoint
+    from torch.profiler import ProfilerActivity, profile
+
+    from medcore_tp.allocator import keep_freed_memory
+    from medcore_tp.arch import image_encoder
+    from medcore_tp.checkpoint import load_pruned
+    from medcore_tp.export import exportable
+    from medcore_tp.fast_attention import use_sdpa
+    from medcore_tp.models import build_model
+    from medcore_tp.token_layout import use_contiguous_tokens
+
+    keep_freed_memory()  # as the CLI does: page faults would otherwise land in whichever op allocates
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {"dense": build_model("sam-vit-b").eval(), "pruned": load_pruned(pruned_checkpoint("vit-b", args.scratch))}
+    flops = {w: flops_by_kind(m) for w, m in models.items()}
+    encoders = {w: image_encoder(use_contiguous_tokens(use_sdpa(exportable(m)))) for w, m in models.items()}
+    x = torch.rand(1, 3, 1024, 1024)
+    rounds: dict[str, list[collections.Counter]] = {w: [] for w in encoders}
+    with torch.inference_mode():
+        for e in encoders.values():
+            e(x)
+        for rep in range(args.repeats):
+            for which, e in encoders.items():
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    e(x)
+                per_kind: collections.Counter = collections.Counter()
+                for ev in prof.key_averages():
+                    per_kind[OP_KIND.get(ev.key, "other")] += ev.self_cpu_time_total / 1e3
+                rounds[which].append(per_kind)
+            print(f"round {rep + 1}/{args.repeats} done", flush=True)
+    # median per kind over the rounds: one slow round (a page fault storm, another process) stays out
+    ms = {w: collections.Counter({k: statistics.median(r[k] for r in rs) for k in set().union(*rs)})
+          for w, rs in rounds.items()}
+    kinds = sorted(set(ms["dense"]) | set(ms["pruned"]), key=lambda k: -ms["dense"][k])
+    rows = []
+    for k in kinds:
+        fd, fp = flops["dense"].get(k), flops["pruned"].get(k)
+        rows.append({"kind": k, "dense_ms": ms["dense"][k], "pruned_ms": ms["pruned"][k],
+                     "time_ratio": ms["dense"][k] / ms["pruned"][k] if ms["pruned"][k] else None,
+                     "dense_gflops": fd / 1e9 if fd else None, "pruned_gflops": fp / 1e9 if fp else None,
+                     "flop_ratio": fd / fp if fd and fp else None,
+                     "dense_gflop_per_s": fd / 1e9 / (ms["dense"][k] / 1e3) if fd else None,
+                     "pruned_gflop_per_s": fp / 1e9 / (ms["pruned"][k] / 1e3) if fp else None})
+    total = {w: sum(ms[w].values()) for w in ms}
+    flop_total = {w: sum(flops[w].values()) for w in flops}
+    print(f"\nViT-B sdpa encoder, {args.threads} threads, profiler self time per forward (median of {args.repeats})")
+    print(f"{'kind':12s} {'dense ms':>9s} {'pruned ms':>10s} {'time ratio':>10s} {'FLOP ratio':>10s} "
+          f"{'GFLOP/s dense':>13s} {'GFLOP/s pruned':>14s}")
+    for r in rows:
+        def f(v, spec):
+            return format(v, spec) if v is not None else "-"
+        print(f"{r['kind']:12s} {r['dense_ms']:9.0f} {r['pruned_ms']:10.0f} {f(r['time_ratio'], '10.2f')} "
+              f"{f(r['flop_ratio'], '10.2f')} {f(r['dense_gflop_per_s'], '13.0f')} {f(r['pruned_gflop_per_s'], '14.0f')}")
+    ratio_t, ratio_f = total["dense"] / total["pruned"], flop_total["dense"] / flop_total["pruned"]
+    print(f"{'all':12s} {total['dense']:9.0f} {total['pruned']:10.0f} {ratio_t:10.2f} {ratio_f:10.2f}   "
+          f"(time ratio / FLOP ratio {ratio_t / ratio_f:.2f})")
+    path = os.path.join(HERE, "results", f"vit_op_profile_{machine_tag('cpu')}.json")
+    with open(path, "w") as fh:
+        json.dump({"machine": machine_info("cpu"), "threads": args.threads, "repeats": args.repeats,
+                   "rows": rows, "total_ms": total, "rounds_ms": {w: [dict(r) for r in rs] for w, rs in rounds.items()}, "total_gflops": {w: v / 1e9 for w, v in flop_total.items()},
+                   "time_ratio": ratio_t, "flop_ratio": ratio_f}, fh, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
