@@ -1,14 +1,16 @@
-"""Where SAM ViT-B's encoder time goes, dense vs the 60.03% model, next to where its FLOPs go: why the
-sdpa backend's speedup stays below the FLOP ratio on a CPU.
+"""Where an encoder's time goes, dense vs pruned, next to where its FLOPs go: why a pruned model's
+speedup stays below its FLOP ratio on a CPU.
 
-FLOPs by kind come from ``torch.utils.flop_counter`` on segment_anything's own attention (linear layers:
-``mm``/``addmm``; attention: ``bmm``, i.e. QK^T, AV and the rel-pos products; convolutions: patch embedding
-and neck). Times come from ``torch.profiler`` (self CPU time per ATen op, per forward, median over the repeats for each kind) on the
-sdpa backend's encoders (:mod:`medcore_tp.fast_attention` + :mod:`medcore_tp.token_layout`), both models
-alternating in one process after a warm-up forward each.
+``--which vit-b``: SAM ViT-B dense vs the 60.03% model of ``bench_deploy.py``, in the sdpa backend
+(:mod:`medcore_tp.fast_attention` + :mod:`medcore_tp.token_layout`). ``--which lite``: LiteMedSAM dense vs
+the 50% model, in the fold backend (batch norms folded, :mod:`medcore_tp.conv_bn_fold`). FLOPs by kind
+come from ``torch.utils.flop_counter`` on the unmodified model (linear layers: ``mm``/``addmm``;
+attention: ``bmm``, i.e. QK^T, AV and ViT's rel-pos products; convolutions). Times come from
+``torch.profiler``: self CPU time per ATen op, summed by kind per forward, median over the repeats for
+each kind, both models alternating in one process after a warm-up forward each.
 
-Usage: ``python benchmarks/vit_op_profile.py [--threads 2] [--repeats 5] [--scratch DIR]``; writes
-``benchmarks/results/vit_op_profile_<machine>.json``.
+Usage: ``python benchmarks/op_profile.py [--which vit-b|lite] [--threads 2] [--repeats 5] [--scratch DIR]``;
+writes ``benchmarks/results/op_profile_<which>_<machine>.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OP_KIND = {
     "aten::addmm": "linear", "aten::mm": "linear",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::bmm": "attention",
-    "aten::mkldnn_convolution": "conv", "aten::convolution": "conv",
+    "aten::mkldnn_convolution": "conv", "aten::convolution": "conv", "aten::_slow_conv2d_forward": "conv",
+    "aten::_softmax": "softmax",
     "aten::native_layer_norm": "layer norm",
     "aten::add": "add", "aten::copy_": "copy", "aten::gelu": "gelu",
 }
@@ -53,6 +56,7 @@ def flops_by_kind(model) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--which", choices=["vit-b", "lite"], default="vit-b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
@@ -60,24 +64,35 @@ def main() -> None:
 
     import torch
     from _machine import machine_info, machine_tag
-    from bench_deploy import pruned_checkpoint
+    from bench_deploy import PRUNE, pruned_checkpoint
     from torch.profiler import ProfilerActivity, profile
 
     from medcore_tp.allocator import keep_freed_memory
     from medcore_tp.arch import image_encoder
-    from medcore_tp.checkpoint import load_pruned
+    from medcore_tp.checkpoint import load_model
+    from medcore_tp.conv_bn_fold import fold_conv_bn
     from medcore_tp.export import exportable
     from medcore_tp.fast_attention import use_sdpa
-    from medcore_tp.models import build_model
+    from medcore_tp.models import PACKAGED
     from medcore_tp.token_layout import use_contiguous_tokens
 
     keep_freed_memory()  # as the CLI does: page faults would otherwise land in whichever op allocates
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = {"dense": build_model("sam-vit-b").eval(), "pruned": load_pruned(pruned_checkpoint("vit-b", args.scratch))}
+    name = PRUNE[args.which][0]
+    models = {"dense": load_model(name, PACKAGED if args.which == "lite" else None)[0],
+              "pruned": load_model(name, pruned_checkpoint(args.which, args.scratch))[0]}
     flops = {w: flops_by_kind(m) for w, m in models.items()}
-    encoders = {w: image_encoder(use_contiguous_tokens(use_sdpa(exportable(m)))) for w, m in models.items()}
-    x = torch.rand(1, 3, 1024, 1024)
+    encoders = {}
+    for which, model in models.items():
+        model = exportable(model)  # an eval-mode copy, as bench's runners use
+        if args.which == "vit-b":
+            use_contiguous_tokens(use_sdpa(model))
+        else:
+            fold_conv_bn(model)
+        encoders[which] = image_encoder(model)
+    size = encoders["dense"].img_size
+    x = torch.rand(1, 3, size, size)
     rounds: dict[str, list[collections.Counter]] = {w: [] for w in encoders}
     with torch.inference_mode():
         for e in encoders.values():
@@ -106,7 +121,7 @@ def main() -> None:
                      "pruned_gflop_per_s": fp / 1e9 / (ms["pruned"][k] / 1e3) if fp else None})
     total = {w: sum(ms[w].values()) for w in ms}
     flop_total = {w: sum(flops[w].values()) for w in flops}
-    print(f"\nViT-B sdpa encoder, {args.threads} threads, profiler self time per forward (median of {args.repeats})")
+    print(f"\n{name} {'sdpa' if args.which == 'vit-b' else 'fold'} encoder, {args.threads} threads, profiler self time per forward (median of {args.repeats})")
     print(f"{'kind':12s} {'dense ms':>9s} {'pruned ms':>10s} {'time ratio':>10s} {'FLOP ratio':>10s} "
           f"{'GFLOP/s dense':>13s} {'GFLOP/s pruned':>14s}")
     for r in rows:
@@ -117,9 +132,9 @@ def main() -> None:
     ratio_t, ratio_f = total["dense"] / total["pruned"], flop_total["dense"] / flop_total["pruned"]
     print(f"{'all':12s} {total['dense']:9.0f} {total['pruned']:10.0f} {ratio_t:10.2f} {ratio_f:10.2f}   "
           f"(time ratio / FLOP ratio {ratio_t / ratio_f:.2f})")
-    path = os.path.join(HERE, "results", f"vit_op_profile_{machine_tag('cpu')}.json")
+    path = os.path.join(HERE, "results", f"op_profile_{args.which}_{machine_tag('cpu')}.json")
     with open(path, "w") as fh:
-        json.dump({"machine": machine_info("cpu"), "threads": args.threads, "repeats": args.repeats,
+        json.dump({"model": name, "machine": machine_info("cpu"), "threads": args.threads, "repeats": args.repeats,
                    "rows": rows, "total_ms": total, "rounds_ms": {w: [dict(r) for r in rs] for w, rs in rounds.items()}, "total_gflops": {w: v / 1e9 for w, v in flop_total.items()},
                    "time_ratio": ratio_t, "flop_ratio": ratio_f}, fh, indent=1)
     print(f"wrote {path}")
