@@ -9,8 +9,9 @@ attention: ``bmm``, i.e. QK^T, AV and ViT's rel-pos products; convolutions). Tim
 ``torch.profiler``: self CPU time per ATen op, summed by kind per forward, median over the repeats for
 each kind, both models alternating in one process after a warm-up forward each.
 
-Usage: ``python benchmarks/op_profile.py [--which vit-b|lite] [--threads 2] [--repeats 5] [--scratch DIR]``;
-writes ``benchmarks/results/op_profile_<which>_<machine>.json``.
+Usage: ``python benchmarks/op_profile.py [--which vit-b|lite] [--threads 2] [--repeats 5] [--scratch DIR]
+[--pruned-first]``;
+writes ``benchmarks/results/op_profile_<which>_<machine>[_pruned-first].json``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--pruned-first", action="store_true",
+                        help="Run the pruned model first in each round (tagged _pruned-first): what the order, and "
+                             "with it where the allocator puts each tensor, does to the figures.")
     args = parser.parse_args()
 
     import torch
@@ -82,6 +86,8 @@ def main() -> None:
     name = PRUNE[args.which][0]
     models = {"dense": load_model(name, PACKAGED if args.which == "lite" else None)[0],
               "pruned": load_model(name, pruned_checkpoint(args.which, args.scratch))[0]}
+    if args.pruned_first:
+        models = dict(reversed(models.items()))
     flops = {w: flops_by_kind(m) for w, m in models.items()}
     encoders = {}
     for which, model in models.items():
@@ -132,9 +138,10 @@ def main() -> None:
     ratio_t, ratio_f = total["dense"] / total["pruned"], flop_total["dense"] / flop_total["pruned"]
     print(f"{'all':12s} {total['dense']:9.0f} {total['pruned']:10.0f} {ratio_t:10.2f} {ratio_f:10.2f}   "
           f"(time ratio / FLOP ratio {ratio_t / ratio_f:.2f})")
-    path = os.path.join(HERE, "results", f"op_profile_{args.which}_{machine_tag('cpu')}.json")
+    path = os.path.join(HERE, "results", f"op_profile_{args.which}_{machine_tag('cpu')}"
+                        + ("_pruned-first" if args.pruned_first else "") + ".json")
     with open(path, "w") as fh:
-        json.dump({"model": name, "machine": machine_info("cpu"), "threads": args.threads, "repeats": args.repeats,
+        json.dump({"model": name, "order": list(encoders), "machine": machine_info("cpu"), "threads": args.threads, "repeats": args.repeats,
                    "rows": rows, "total_ms": total, "rounds_ms": {w: [dict(r) for r in rs] for w, rs in rounds.items()}, "total_gflops": {w: v / 1e9 for w, v in flop_total.items()},
                    "time_ratio": ratio_t, "flop_ratio": ratio_f}, fh, indent=1)
     print(f"wrote {path}")

@@ -240,6 +240,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "deploy": deploy,
     "op_profile_vit-b": lambda: op_profile("op_profile_vit-b_cpu2.json"),
     "op_profile_lite": lambda: op_profile("op_profile_lite_cpu2.json"),
+    "op_profile_lite_pruned_first": lambda: op_profile("op_profile_lite_cpu2_pruned-first.json"),
     "allocator": allocator,
     "flops": flops,
     "fisher_cost": fisher_cost,
