@@ -43,8 +43,8 @@ def main() -> None:
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: kilobytes
     with open(os.path.join(args.out, "summary.json")) as f:
         summary = json.load(f)
-    record = {"command": " ".join(["medcore-tp prune --ratio 0.6", *device_args, "--out OUT"]), "wall_clock_s_including_interpreter_start": wall,
-              "peak_rss_kb": peak_kb, "machine": machine_info(device), "load_average_at_start": load,
+    record = {"command": " ".join(["medcore-tp prune --ratio 0.6", *device_args, "--out OUT"]),
+              "wall_clock_s_including_interpreter_start": wall, "peak_rss_kb": peak_kb, "machine": machine_info(device), "load_average_at_start": load,
               "summary": summary}
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"main_job_{machine_tag(device)}.json")

@@ -148,7 +148,6 @@ def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: to
 
 def _export_runner(model: nn.Module, folder: Path, label: str, batch: int, part: str, name: str,
                    threads: int, runtime: str, precision: str) -> Callable[[], Any]:
-
     from medcore_tp.runtime import OnnxSam
 
     path = folder / f"{label}.onnx"

@@ -59,7 +59,8 @@ def _diff(x: float) -> str:
               help="Intra-op thread counts of torch, ONNX Runtime and OpenVINO, comma-separated, each measured in turn "
                    "[default: torch's current count].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs per model.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first (the first one, always made, also gives the output's difference from "
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed runs first (the first one, always made, also gives the output's difference from "
                    "eager fp32).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
               help="Folder for bench.csv, bench.json and bench.png.")
