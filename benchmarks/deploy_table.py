@@ -11,6 +11,8 @@ import glob
 import json
 import os
 
+from medcore_tp.bench import format_rel_diff
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -42,12 +44,9 @@ def _table(path: str) -> str:
             f"| {t['dense_median_s']:.2f} [{t['dense_min_s']:.2f}-{t['dense_max_s']:.2f}] "
             f"| {t['pruned_median_s']:.2f} [{t['pruned_min_s']:.2f}-{t['pruned_max_s']:.2f}] "
             f"| {r['speedup']:.2f}x | {r['flop_ratio']:.2f}x | {r['speedup_over_flop_ratio']:.2f} | {vs} |"
-            + (f" {_diff(r['dense_max_rel_diff'])} / {_diff(r['pruned_max_rel_diff'])} |" if diffs else ""))
+            + (f" {format_rel_diff(r['dense_max_rel_diff'])} / {format_rel_diff(r['pruned_max_rel_diff'])} |"
+               if diffs else ""))
     return head + "\n".join(lines) + "\n"
-
-
-def _diff(x: float | None) -> str:
-    return "-" if x is None else "0" if x == 0 else f"{x:.1e}"
 
 
 def render(machine: str) -> str:

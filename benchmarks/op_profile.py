@@ -39,20 +39,20 @@ FLOP_KIND = {"mm": "linear", "addmm": "linear", "bmm": "attention", "convolution
 
 
 def flops_by_kind(model) -> dict[str, float]:
-    """FLOPs of one encoder forward per kind (linear, attention, conv) with segment_anything's attention."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one encoder forward per kind (linear, attention, conv) with the model's own attention."""
+    from medcore_tp.profile import flops_torch
 
-    from medcore_tp.arch import image_encoder
-    from medcore_tp.profile import _meta_copy
-
-    encoder = _meta_copy(image_encoder(model))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        encoder(torch.zeros(1, 3, encoder.img_size, encoder.img_size, device="meta"))
     out: dict[str, float] = collections.Counter()
-    for op, n in counter.get_flop_counts()["Global"].items():
-        out[FLOP_KIND.get(str(op).split(".")[-1], str(op))] += float(n)
+    for key, n in flops_torch(model).items():
+        if key.startswith("op_"):
+            out[FLOP_KIND.get(key[3:], key[3:])] += n
     return dict(out)
+
+
+def bound_ms(rows: list[dict]) -> float:
+    """The pruned encoder's time if every kind with FLOPs shrank by exactly its FLOP ratio (at the dense
+    model's rate) and every other kind took what it was measured to take in the pruned model."""
+    return sum(r["dense_ms"] / r["flop_ratio"] if r["flop_ratio"] else r["pruned_ms"] for r in rows)
 
 
 def main() -> None:
@@ -138,6 +138,9 @@ def main() -> None:
     ratio_t, ratio_f = total["dense"] / total["pruned"], flop_total["dense"] / flop_total["pruned"]
     print(f"{'all':12s} {total['dense']:9.0f} {total['pruned']:10.0f} {ratio_t:10.2f} {ratio_f:10.2f}   "
           f"(time ratio / FLOP ratio {ratio_t / ratio_f:.2f})")
+    bound = bound_ms(rows)
+    print(f"{'bound':12s} {total['dense']:9.0f} {bound:10.0f} {total['dense'] / bound:10.2f}   "
+          f"(every kind with FLOPs at its FLOP ratio: {total['dense'] / bound / ratio_f:.2f} of the FLOP ratio)")
     path = os.path.join(HERE, "results", f"op_profile_{args.which}_{machine_tag('cpu')}"
                         + ("_pruned-first" if args.pruned_first else "") + ".json")
     with open(path, "w") as fh:

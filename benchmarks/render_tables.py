@@ -208,6 +208,8 @@ def allocator() -> str:
 def op_profile(name: str) -> str:
     """``benchmarks/op_profile.py``: encoder time and FLOPs per kind of op, dense vs pruned, and the bound
     on the speedup if every kind with FLOPs shrank by its own FLOP ratio and the rest as measured."""
+    import op_profile as op_profile_script
+
     data = _load(name)
 
     def num(v, spec):
@@ -222,7 +224,7 @@ def op_profile(name: str) -> str:
     t = data["total_ms"]
     lines.append(f"| **all** | {t['dense']:.0f} | {t['pruned']:.0f} | {data['time_ratio']:.2f} "
                  f"({data['time_ratio'] / data['flop_ratio']:.2f} of the FLOP ratio) | {data['flop_ratio']:.2f} | | |")
-    bound = sum(r["dense_ms"] / r["flop_ratio"] if r["flop_ratio"] else r["pruned_ms"] for r in data["rows"])
+    bound = op_profile_script.bound_ms(data["rows"])
     ratio = t["dense"] / bound
     lines.append(f"| bound: FLOP kinds at their FLOP ratio, the rest as measured | {t['dense']:.0f} | {bound:.0f} "
                  f"| {ratio:.2f} ({ratio / data['flop_ratio']:.2f} of the FLOP ratio) | | | |")

@@ -5,9 +5,10 @@ For every (backend, dtype, batch) the dense and the pruned model are timed alter
 with its min and max. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
 decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
 Every backend runs the same fixed inputs (:func:`medcore_tp.export.example_inputs`), and each row
-records how far its output lies from the same model's eager fp32 output on the CPU-built reference
-(``*_max_rel_diff``: the largest absolute difference over the reference's largest magnitude), so a
-faster backend or dtype is read next to what it changes.
+records how far its output lies from the same model's eager fp32 output on the same device at the
+same thread count (``*_max_rel_diff``: the largest absolute difference over the reference's largest
+magnitude), so a faster backend or dtype is read next to what it changes. On CUDA, TF32 is turned
+off for the whole run (restored afterwards): fp32 rows, and the reference, are plain fp32.
 
 Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
 folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
@@ -44,7 +45,7 @@ EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("encoder", "model")
 
-__all__ = ["BACKENDS", "DTYPES", "BenchRow", "check_request", "plot", "rows_to_dicts", "run_bench"]
+__all__ = ["BACKENDS", "DTYPES", "BenchRow", "check_request", "format_rel_diff", "plot", "rows_to_dicts", "run_bench"]
 
 
 @dataclass
@@ -163,8 +164,17 @@ def _export_runner(model: nn.Module, folder: Path, label: str, batch: int, part:
 def _rel_diff(out: Any, ref: torch.Tensor) -> float:
     """max |out - ref| / max |ref| for a runner's output (a tensor of any dtype and device, or an array)."""
     out = torch.as_tensor(out).detach().float().cpu()
+    if out.shape != ref.shape:  # broadcasting would hide it
+        raise MedcoreError(f"a backend returned shape {tuple(out.shape)}, eager fp32 {tuple(ref.shape)}")
     scale = ref.abs().max().item()
     return (out - ref).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def format_rel_diff(x: float | None) -> str:
+    """A ``*_max_rel_diff`` for tables: "0", "1.2e-03", or "-" when not measured (None or NaN)."""
+    if x is None or x != x:
+        return "-"
+    return "0" if x == 0 else f"{x:.1e}"
 
 
 def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
@@ -212,16 +222,19 @@ def run_bench(
     sync = _sync(device)
     rows: list[BenchRow] = []
     eager_fp32: dict[tuple[int, int, str], float] = {}
-    refs: dict[tuple[str, int, str], torch.Tensor] = {}  # eager fp32 outputs per (model, batch, part)
+    refs: dict[tuple, torch.Tensor] = {}  # eager fp32 outputs per (model, threads, batch, part)
 
-    def reference(label: str, model: nn.Module, batch: int, part: str) -> torch.Tensor:
-        if (label, batch, part) not in refs:
+    def reference(key: tuple, model: nn.Module, batch: int, part: str) -> torch.Tensor:
+        if key not in refs:
             out = _torch_runner(model, "torch", torch.float32, device, batch, part, is_vit)()
-            refs[(label, batch, part)] = torch.as_tensor(out).float().cpu()
-        return refs[(label, batch, part)]
+            refs[key] = torch.as_tensor(out).float().cpu()
+        return refs[key]
 
     combos = [(t, b, d, n, p) for t in threads for b in backends for d in dtypes if _runs(b, is_vit, d)
               for n in batches for p in parts]
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         with tempfile.TemporaryDirectory(prefix="medcore-bench-") as tmp:
             for t, backend, dtype, batch, part in combos:
@@ -237,9 +250,10 @@ def run_bench(
                 diffs = {}
                 for label, m in (("dense", dense), ("pruned", pruned)):
                     out = runs[label]()  # the first call doubles as a warm-up (and compiles)
+                    key = (label, t, batch, part)
                     if backend == "torch" and dtype == "fp32":  # is the reference: no second eager run
-                        refs.setdefault((label, batch, part), torch.as_tensor(out).float().cpu())
-                    diffs[label] = _rel_diff(out, reference(label, m, batch, part))
+                        refs.setdefault(key, torch.as_tensor(out).float().cpu())
+                    diffs[label] = _rel_diff(out, reference(key, m, batch, part))
                     del out
                 for _ in range(warmup - 1 + (1 if backend == "compile" else 0)):
                     for fn in runs.values():
@@ -261,6 +275,7 @@ def run_bench(
                 del runs
     finally:
         torch.set_num_threads(before)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return rows
 
 

@@ -39,7 +39,8 @@ def _meta_copy(encoder: nn.Module) -> nn.Module:
 def flops_torch(model: nn.Module, batch: int = 1) -> dict[str, float]:
     """FLOPs of one encoder forward at its native input size, by ``torch.utils.flop_counter``.
 
-    Returns ``total`` and ``block_<i>`` entries, in FLOPs (not GFLOPs).
+    Returns ``total``, ``block_<i>`` and ``op_<aten op>`` entries (e.g. ``op_addmm``, ``op_bmm``,
+    ``op_convolution``), in FLOPs (not GFLOPs).
     """
     encoder = _meta_copy(image_encoder(model))
     size = encoder.img_size
@@ -55,6 +56,8 @@ def flops_torch(model: nn.Module, batch: int = 1) -> dict[str, float]:
     for name, per_op in counter.get_flop_counts().items():
         if name in block_of:
             out[f"block_{block_of[name]}"] = float(sum(per_op.values()))
+    for op, n in counter.get_flop_counts().get("Global", {}).items():
+        out[f"op_{str(op).split('.')[-1]}"] = float(n)
     return out
 
 

@@ -36,6 +36,9 @@ def test_torch_counter_counts_attention_matmuls():
     n, d = 64 * 64, 768
     expected = 2 * n * 12 * d * d + 4 * n * n * d + 2 * 2 * n * 64 * d
     assert f["block_2"] == pytest.approx(expected, rel=1e-6)
+    # per-op entries add up to the total; convolutions: 16x16 patch embedding, then the neck's 1x1 and 3x3
+    assert sum(v for k, v in f.items() if k.startswith("op_")) == pytest.approx(f["total"], rel=1e-9)
+    assert f["op_convolution"] == 2 * n * d * 3 * 16 * 16 + 2 * n * 256 * d + 2 * n * 256 * 256 * 9
 
 
 def test_profile_of_pruned_tiny(tiny_model):

@@ -11,7 +11,16 @@ import torch
 
 from medcore_tp.allocator import keeps_freed_memory
 from medcore_tp.atomic import save_json, save_text
-from medcore_tp.bench import BACKENDS, DTYPES, PARTS, check_request, plot, rows_to_dicts, run_bench
+from medcore_tp.bench import (
+    BACKENDS,
+    DTYPES,
+    PARTS,
+    check_request,
+    format_rel_diff,
+    plot,
+    rows_to_dicts,
+    run_bench,
+)
 from medcore_tp.checkpoint import load_model
 from medcore_tp.cli import main
 from medcore_tp.cli._common import model_option, parse_device, parse_int_list, table
@@ -30,16 +39,14 @@ def _names(option: str, text: str, allowed) -> list[str]:
 def _machine(device: torch.device) -> dict:
     # other jobs on the same cores slow both models; the ratios hold better than the seconds
     info = dict(machine_info(str(device)), load_average_1_5_15=list(os.getloadavg()))
+    if device.type == "cuda":
+        info["tf32"] = False  # run_bench turns it off: fp32 rows are plain fp32
     for runtime in ("onnxruntime", "openvino"):
         try:
             info[runtime] = __import__(runtime).__version__
         except ImportError:
             pass
     return info
-
-
-def _diff(x: float) -> str:
-    return "0" if x == 0 else f"{x:.1e}"
 
 
 @main.command("bench")
@@ -102,7 +109,7 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     shown = [(r.backend, r.dtype, r.batch, r.part, r.threads, f"{r.dense_median_s:.3f}", f"{r.pruned_median_s:.3f}",
               f"{r.speedup:.2f}x", f"{r.flop_ratio:.2f}x", f"{r.speedup_over_flop_ratio:.2f}",
               "-" if r.pruned_vs_dense_torch_fp32 != r.pruned_vs_dense_torch_fp32 else f"{r.pruned_vs_dense_torch_fp32:.2f}x",
-              f"{r.images_per_s_pruned:.2f}", f"{_diff(r.dense_max_rel_diff)} / {_diff(r.pruned_max_rel_diff)}")
+              f"{r.images_per_s_pruned:.2f}", f"{format_rel_diff(r.dense_max_rel_diff)} / {format_rel_diff(r.pruned_max_rel_diff)}")
              for r in rows]
     click.echo(table(shown, ("backend", "dtype", "batch", "part", "threads", "dense s", "pruned s", "speedup", "FLOP ratio",
                              "speedup/FLOPs", "vs dense torch fp32", "pruned img/s", "max rel diff dense / pruned")))
