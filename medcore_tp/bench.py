@@ -13,7 +13,7 @@ off for the whole run (restored afterwards): fp32 rows, and the reference, are p
 Backends: ``torch`` (eager, segment_anything's own attention), ``fold`` (eager with every batch norm
 folded into its convolution, :mod:`medcore_tp.conv_bn_fold`; TinyViT only, SAM ViT has none),
 ``sdpa`` (eager with :mod:`medcore_tp.fast_attention` and :mod:`medcore_tp.token_layout`; SAM ViT only), ``compile`` (``torch.compile``
-of the sdpa model for SAM ViT, of the folded one for TinyViT), ``onnxruntime`` (the export of
+of the sdpa model for SAM ViT, whose attention cores stay eager on the CPU, of the folded one for TinyViT), ``onnxruntime`` (the export of
 :mod:`medcore_tp.export`, fp32 only) and ``openvino`` (the same export in OpenVINO on the CPU, fp32 or
 bf16, :mod:`medcore_tp.runtime`).
 """

@@ -82,12 +82,23 @@ class SdpaAttention(nn.Module):
         n = h * w
         qkv = self.qkv(x.reshape(b, n, -1)).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        if self.use_rel_pos and b * n * n >= HEADWISE_MASK_ELEMENTS and _eager_cpu_inference(q):
-            out = self._headwise(q, k, v, h, w)
-        else:
-            mask = self.rel_pos_mask(q, h, w) if self.use_rel_pos else None
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        # torch.compile on the CPU would unroll the head-by-head loop and lose its one reused mask
+        # buffer (ViT-B 60.03% at 2 threads: 0.83 of the FLOP ratio, against 0.90 with this core run
+        # eagerly between compiled projections); elsewhere the compiler sees the whole attention
+        core = self._core_eager if q.device.type == "cpu" and not torch.compiler.is_exporting() else self._core
+        return self.proj(core(q, k, v, h, w).transpose(1, 2).reshape(b, h, w, -1))
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """softmax(q k^T * scale + rel-pos bias) v for (B, heads, N, head_dim) inputs."""
+        if self.use_rel_pos and q.shape[0] * (h * w) ** 2 >= HEADWISE_MASK_ELEMENTS and _eager_cpu_inference(q):
+            return self._headwise(q, k, v, h, w)
+        mask = self.rel_pos_mask(q, h, w) if self.use_rel_pos else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+    @torch.compiler.disable
+    def _core_eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """:meth:`_core`, never traced by ``torch.compile`` (a graph break around it)."""
+        return self._core(q, k, v, h, w)
 
     def _headwise(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Inference only: one head at a time through one reused (B, 1, N, N) mask buffer.

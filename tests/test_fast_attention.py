@@ -124,3 +124,19 @@ def test_sdpa_model_exports_with_the_headwise_path_enabled(tiny_model, tiny_inpu
     session = onnxruntime.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: tiny_input.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_on_cpu_runs_the_attention_core_eagerly(tiny_model, tiny_input):
+    """torch.compile on the CPU breaks the graph around each attention core (so its head-by-head path
+    keeps its one mask buffer) and still gives the eager outputs."""
+    fast = use_sdpa(copy.deepcopy(tiny_model)).eval()
+    encoder = fast.image_encoder
+    with torch.no_grad():
+        explained = torch._dynamo.explain(encoder)(tiny_input)
+        # one break per block's attention core; the projections and MLPs around them are compiled
+        assert explained.graph_break_count >= len(encoder.blocks)
+        assert explained.graph_count >= len(encoder.blocks) + 1
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(encoder)(tiny_input), tiny_model.image_encoder(tiny_input),
+                                   rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
