@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info, machine_tag  # noqa: E402
+
+from medcore_tp.cli._common import parse_device  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="prune's --device; README's command leaves it at auto.")
     args = ap.parse_args()
     device_args = [] if args.device == "auto" else ["--device", args.device]
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(parse_device(args.device))  # what prune's --device resolves it to
     if os.path.exists(args.out):
         shutil.rmtree(args.out)  # the job refuses to write into a finished run's folder
     load = os.getloadavg()

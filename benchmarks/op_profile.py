@@ -73,12 +73,9 @@ def main() -> None:
 
     from medcore_tp.allocator import keep_freed_memory
     from medcore_tp.arch import image_encoder
+    from medcore_tp.bench import backend_model
     from medcore_tp.checkpoint import load_model
-    from medcore_tp.conv_bn_fold import fold_conv_bn
-    from medcore_tp.export import exportable
-    from medcore_tp.fast_attention import use_sdpa
     from medcore_tp.models import PACKAGED
-    from medcore_tp.token_layout import use_contiguous_tokens
 
     keep_freed_memory()  # as the CLI does: page faults would otherwise land in whichever op allocates
     torch.set_num_threads(args.threads)
@@ -89,14 +86,8 @@ def main() -> None:
     if args.pruned_first:
         models = dict(reversed(models.items()))
     flops = {w: flops_by_kind(m) for w, m in models.items()}
-    encoders = {}
-    for which, model in models.items():
-        model = exportable(model)  # an eval-mode copy, as bench's runners use
-        if args.which == "vit-b":
-            use_contiguous_tokens(use_sdpa(model))
-        else:
-            fold_conv_bn(model)
-        encoders[which] = image_encoder(model)
+    backend = "sdpa" if args.which == "vit-b" else "fold"
+    encoders = {which: image_encoder(backend_model(model, backend)) for which, model in models.items()}
     size = encoders["dense"].img_size
     x = torch.rand(1, 3, size, size)
     rounds: dict[str, list[collections.Counter]] = {w: [] for w in encoders}

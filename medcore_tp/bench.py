@@ -45,7 +45,10 @@ EXPORTED = ("onnxruntime", "openvino")  # backends that run the ONNX export
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("encoder", "model")
 
-__all__ = ["BACKENDS", "DTYPES", "BenchRow", "check_request", "format_rel_diff", "plot", "rows_to_dicts", "run_bench"]
+__all__ = [
+    "BACKENDS", "DTYPES", "BenchRow", "backend_model", "check_request", "format_rel_diff", "plot", "rows_to_dicts",
+    "run_bench",
+]
 
 
 @dataclass
@@ -118,14 +121,26 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: torch.device, batch: int,
-                  part: str, is_vit: bool) -> Callable[[], Any]:
-    model = exportable(model)  # an eval-mode copy: folding and attention swaps leave the caller's model alone
+def backend_model(model: nn.Module, backend: str) -> nn.Module:
+    """An eval-mode CPU fp32 copy of ``model`` with the module changes the eager ``backend`` times:
+    ``sdpa`` and ``compile`` swap SAM ViT's attention (:func:`medcore_tp.fast_attention.use_sdpa`) and
+    token layout (:func:`medcore_tp.token_layout.use_contiguous_tokens`); ``fold`` and ``compile`` fold
+    TinyViT's batch norms (:func:`medcore_tp.conv_bn_fold.fold_conv_bn`); other backends change nothing.
+    ``model`` itself is left alone."""
+    from medcore_tp.arch import sam_vit
+
+    model = exportable(model)
+    is_vit = sam_vit.is_encoder(model.image_encoder)
     if backend in ("sdpa", "compile") and is_vit:
         use_contiguous_tokens(use_sdpa(model))
     if backend in ("fold", "compile") and not is_vit:
         fold_conv_bn(model)
-    model = model.to(device=device, dtype=dtype).eval()
+    return model.eval()  # the swapped-in modules start in training mode
+
+
+def _torch_runner(model: nn.Module, backend: str, dtype: torch.dtype, device: torch.device, batch: int,
+                  part: str) -> Callable[[], Any]:
+    model = backend_model(model, backend).to(device=device, dtype=dtype)
     model.prompt_encoder.float()  # fp32 in every dtype: see BoxDecoder
     images, boxes = example_inputs(model, batch)
     images = images.to(device=device, dtype=dtype)
@@ -226,7 +241,7 @@ def run_bench(
 
     def reference(key: tuple, model: nn.Module, batch: int, part: str) -> torch.Tensor:
         if key not in refs:
-            out = _torch_runner(model, "torch", torch.float32, device, batch, part, is_vit)()
+            out = _torch_runner(model, "torch", torch.float32, device, batch, part)()
             refs[key] = torch.as_tensor(out).float().cpu()
         return refs[key]
 
@@ -245,7 +260,7 @@ def run_bench(
                     runs = {label: _export_runner(m, Path(tmp), label, batch, part, name, t, backend, dtype)
                             for label, m in (("dense", dense), ("pruned", pruned))}
                 else:
-                    runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part, is_vit)
+                    runs = {label: _torch_runner(m, backend, DTYPES[dtype], device, batch, part)
                             for label, m in (("dense", dense), ("pruned", pruned))}
                 diffs = {}
                 for label, m in (("dense", dense), ("pruned", pruned)):
