@@ -1,12 +1,14 @@
 """The README's deployment tables, generated from ``benchmarks/results/bench_deploy_*.json``.
 
-Usage: ``python benchmarks/deploy_table.py [--machine cpu2]`` prints the markdown;
-``python benchmarks/render_tables.py`` puts it into README.md (``<!-- table:deploy -->``).
+Usage: ``python benchmarks/deploy_table.py [--machine cpu2] [--targets]`` prints the markdown;
+``python benchmarks/render_tables.py`` puts it into README.md (``<!-- table:deploy -->`` and, for
+issue 14's targets across every committed run, ``<!-- table:deploy_targets -->``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import glob
 import json
 import os
@@ -14,6 +16,7 @@ import os
 from medcore_tp.bench import format_rel_diff
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
 
 
 def _table(path: str) -> str:
@@ -49,17 +52,61 @@ def _table(path: str) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def render(machine: str) -> str:
-    files = sorted(glob.glob(os.path.join(HERE, "results", f"bench_deploy_*_{machine}*.json")))
+def _files(machine: str, results: str = RESULTS) -> list[str]:
+    files = sorted(glob.glob(os.path.join(results, f"bench_deploy_*_{machine}*.json")))
     if not files:
-        raise SystemExit(f"no benchmarks/results/bench_deploy_*_{machine}*.json yet")
-    return "\n".join(_table(f) for f in files)
+        raise SystemExit(f"no {results}/bench_deploy_*_{machine}*.json yet")
+    return files
+
+
+def render(machine: str) -> str:
+    return "\n".join(_table(f) for f in _files(machine))
+
+
+# issue 14's targets: pruned vs dense inside a backend at this fraction of the encoder's FLOP ratio
+TARGET_OF_FLOP_RATIO = {"sam-vit-b": 0.95, "lite-medsam": 0.9}
+# ... and LiteMedSAM's fastest pruned encoder this many times faster than the dense one in eager fp32
+TARGET_VS_EAGER = {"lite-medsam": 4.0}
+
+
+def targets(machine: str, results: str = RESULTS) -> str:
+    """Every committed encoder row of ``machine``, grouped by model, pruned model (its FLOP ratio),
+    backend, dtype, batch and threads: the range of speedup / FLOP ratio over the runs, how many runs
+    reach the target, and the range of the pruned encoder's speedup over the dense one in eager fp32
+    (bold where every run of the group reaches LiteMedSAM's 4x). A summary, not a selection: every
+    run counts, the ones made before a change (glibc's defaults, older pruned models) included."""
+    groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for path in _files(machine, results):
+        data = json.load(open(path))
+        for r in data["rows"]:
+            if r["part"] != "encoder":
+                continue
+            key = (data["model"], round(r["flop_ratio"], 2), r["backend"], r["dtype"], r["batch"],
+                   r.get("threads", data["machine"]["torch_threads"]))
+            groups[key].append(r)
+    lines = ["| model | FLOP ratio | backend | dtype | batch | threads | runs | speedup / FLOP ratio | target "
+             "| runs at target | dense eager fp32 / pruned |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, flop, backend, dtype, batch, threads), rows in sorted(groups.items()):
+        ratios = sorted(r["speedup_over_flop_ratio"] for r in rows)
+        target = TARGET_OF_FLOP_RATIO.get(model)
+        hits = sum(v >= target for v in ratios) if target else 0
+        spread = f"{ratios[0]:.2f}" if len(ratios) == 1 else f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+        vs = sorted(r["pruned_vs_dense_torch_fp32"] for r in rows if r["pruned_vs_dense_torch_fp32"] is not None)
+        best = "-" if not vs else f"{vs[0]:.2f}x" if len(vs) == 1 else f"{vs[0]:.2f}-{vs[-1]:.2f}x"
+        if vs and model in TARGET_VS_EAGER and vs[0] >= TARGET_VS_EAGER[model]:
+            best = f"**{best}**"
+        at = f"**{hits} of {len(ratios)}**" if hits else f"0 of {len(ratios)}"
+        lines.append(f"| {model} | {flop:.2f}x | {backend} | {dtype} | {batch} | {threads} | {len(ratios)} | {spread} "
+                     f"| {target if target else '-'} | {at} | {best} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machine", default="cpu2")
-    print(render(parser.parse_args().machine))
+    parser.add_argument("--targets", action="store_true", help="Print the summary against issue 14's targets.")
+    args = parser.parse_args()
+    print(targets(args.machine) if args.targets else render(args.machine))
 
 
 if __name__ == "__main__":

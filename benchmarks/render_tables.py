@@ -238,8 +238,16 @@ def deploy() -> str:
     return deploy_table.render("cpu2").rstrip("\n")
 
 
+def deploy_targets() -> str:
+    """Issue 14's latency targets against every committed ``bench_deploy`` run (``deploy_table.py``)."""
+    import deploy_table
+
+    return deploy_table.targets("cpu2").rstrip("\n")
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "deploy": deploy,
+    "deploy_targets": deploy_targets,
     "op_profile_vit-b": lambda: op_profile("op_profile_vit-b_cpu2.json"),
     "op_profile_lite": lambda: op_profile("op_profile_lite_cpu2.json"),
     "op_profile_lite_pruned_first": lambda: op_profile("op_profile_lite_cpu2_pruned-first.json"),
