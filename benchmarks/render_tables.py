@@ -238,6 +238,24 @@ def deploy() -> str:
     return deploy_table.render("cpu2").rstrip("\n")
 
 
+def attention_floor() -> str:
+    """``benchmarks/attention_floor.py``: one global ViT-B head four ways, and the encoders with the floor."""
+    d = _load("attention_floor_cpu2.json")
+    ph, g = d["per_head_s"], d["gflop_per_head"]
+    labels = {"sdpa": "sdpa, as the encoders run it (mask built, then SDPA)", "no bias": "SDPA with no bias",
+              "matmuls": "QK^T and AV as plain matrix products (no softmax)",
+              "flex": f"flex_attention, bias as score_mod (max \\|diff\\| to sdpa {ph['flex_max_abs_diff']:.0e})"}
+    lines = [f"| one global head, {d['threads']} threads, median of {d['repeats']} | ms | GFLOP/s of QK^T + AV |",
+             "|---|---|---|"]
+    lines += [f"| {labels[k]} | {ph[k] * 1e3:.1f} | {g / ph[k]:.0f} |" for k in labels]
+    heads = d["global_heads"]
+    lines += ["", f"| encoder, global heads dense {heads['dense']} / pruned {heads['pruned']} | dense s | pruned s "
+              "| speedup | / FLOP ratio |", "|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['dense_s']:.2f} | {r['pruned_s']:.2f} | {r['speedup']:.2f}x "
+              f"| {r['speedup_over_flop_ratio']:.2f} of {d['flop_ratio']:.2f}x |" for r in d["rows"]]
+    return "\n".join(lines)
+
+
 def deploy_targets() -> str:
     """Issue 14's latency targets against every committed ``bench_deploy`` run (``deploy_table.py``)."""
     import deploy_table
@@ -248,6 +266,7 @@ def deploy_targets() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "deploy": deploy,
     "deploy_targets": deploy_targets,
+    "attention_floor": attention_floor,
     "op_profile_vit-b": lambda: op_profile("op_profile_vit-b_cpu2.json"),
     "op_profile_lite": lambda: op_profile("op_profile_lite_cpu2.json"),
     "op_profile_lite_pruned_first": lambda: op_profile("op_profile_lite_cpu2_pruned-first.json"),
