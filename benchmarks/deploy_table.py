@@ -1,8 +1,9 @@
-"""The README's deployment tables, generated from ``benchmarks/results/bench_deploy_*.json``.
+"""The deployment latency tables, generated from ``benchmarks/results/bench_deploy_*.json``.
 
 Usage: ``python benchmarks/deploy_table.py [--machine cpu2] [--targets]`` prints the markdown;
-``python benchmarks/render_tables.py`` puts it into README.md (``<!-- table:deploy -->`` and, for
-issue 14's targets across every committed run, ``<!-- table:deploy_targets -->``).
+``python benchmarks/render_tables.py`` puts every run's table into docs/deployment.md
+(``<!-- table:deploy -->``) and the summary of every committed run against issue 14's targets into
+README.md (``<!-- table:deploy_targets -->``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Render the result tables of docs/benchmarks.md and README.md from benchmarks/results/*.json.
+"""Render the result tables of docs/benchmarks.md, docs/deployment.md and README.md from benchmarks/results/*.json.
 
 Every table between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` is rewritten from its results
 file, so the numbers on the page are the numbers in the file. Run after a benchmark:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PAGES = [ROOT / "docs" / "benchmarks.md", ROOT / "README.md"]
+PAGES = [ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "deployment.md", ROOT / "README.md"]
 METRICS = ("dice", "iou", "boundary_f1", "hd95", "nsd")
 METRIC_HEAD = "| Dice | IoU | Boundary F1 | HD95 px | NSD |"
 

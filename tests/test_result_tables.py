@@ -1,4 +1,5 @@
-"""The tables in README.md and docs/benchmarks.md are the numbers in benchmarks/results, not typed."""
+"""The tables in README.md, docs/benchmarks.md and docs/deployment.md are the numbers in benchmarks/results,
+not typed."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_a_hand_edited_number_is_put_back_from_the_results(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling renderers
     import render_tables as rt
 
-    page = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "deployment.md").read_text()
     start = page.index("<!-- table:deploy -->")
     end = page.index("<!-- /table:deploy -->")
     table = page[start:end]
@@ -35,7 +36,7 @@ def test_an_empty_pair_of_markers_is_filled(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import render_tables as rt
 
-    page = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "deployment.md").read_text()
     start = page.index("<!-- table:deploy -->") + len("<!-- table:deploy -->\n")
     end = page.index("<!-- /table:deploy -->")
     emptied = page[:start] + page[end:]
