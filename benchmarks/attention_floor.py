@@ -1,5 +1,5 @@
 """How fast ViT-B's global attention can run on this CPU in fp32, and what that would do to the pruned
-encoder's speedup: the floor under issue 14's target (0.95 of the FLOP ratio).
+encoder's speedup against issue 14's target (0.95 of the FLOP ratio).
 
 The FLOP count that sets the ratio counts the attention's matrix products only; its softmax, the
 rel-pos bias and the memory they move are left out, and they cost per head. Global heads shrink less
@@ -7,7 +7,8 @@ than the rest under the 60.03% pruning (27 of 48 kept), so that uncounted cost w
 pruned encoder. In one process, threads fixed, this times:
 
 1. the dense and the 60.03% encoders (``bench_deploy.py``'s models) in the sdpa backend, alternating;
-2. one global head at 1024 px (4,096 tokens, head dim 64), median per head over a 12-head call, three ways:
+2. one global head at 1024 px (4,096 tokens, head dim 64), median per head over a 12-head call, four ways
+   (q, k and v strided views of one qkv tensor, as the encoders hand them over):
    ``sdpa``: what the encoders run (the rel-pos mask built head by head, then SDPA with it);
    ``no bias``: SDPA with no mask at all: no exact way of adding the bias through PyTorch's own kernels
    is faster;
@@ -16,7 +17,8 @@ pruned encoder. In one process, threads fixed, this times:
    ``flex``: ``torch.nn.attention.flex_attention`` compiled, with the decomposed bias as its score_mod
    (fused, no mask in memory; shown per head only, not used by the encoders);
 3. each encoder with every global head at the ``no bias`` or ``matmuls`` time instead of its ``sdpa``
-   time, the rest as measured: ``encoder - global heads x (sdpa - floor)``.
+   time, the rest as measured: ``encoder - global heads x (sdpa - floor)``. The windowed blocks keep
+   their masks and softmax: this frees the global heads only.
 
 Usage: ``python benchmarks/attention_floor.py [--threads 2] [--repeats 5] [--scratch DIR]``; writes
 ``benchmarks/results/attention_floor_<machine>.json``.
@@ -50,13 +52,15 @@ def median_s(fn: Callable[[], object], repeats: int) -> float:
 
 
 def head_times(attn, repeats: int) -> dict[str, float]:
-    """Seconds per global head, three ways (see the module docstring), for ``attn``, an SdpaAttention."""
+    """Seconds per global head, four ways (see the module docstring), for ``attn``, an SdpaAttention."""
     import torch
     import torch.nn.functional as F
 
     n = TOKENS_SIDE * TOKENS_SIDE
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, generator=gen) for _ in range(3))
+    # the layout SdpaAttention.forward gives the core: views into the qkv projection's output
+    qkv = torch.randn(1, n, 3, HEADS, HEAD_DIM, generator=gen).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
     logits = torch.empty(CHUNK, n)
     out = torch.empty(CHUNK, HEAD_DIM)
 

@@ -70,35 +70,48 @@ TARGET_OF_FLOP_RATIO = {"sam-vit-b": 0.95, "lite-medsam": 0.9}
 TARGET_VS_EAGER = {"lite-medsam": 4.0}
 
 
+def _span(values: list[float], spec: str = ".2f") -> str:
+    """``a`` or ``a-b``: the smallest and largest of sorted ``values``."""
+    return format(values[0], spec) if len(values) == 1 else f"{values[0]:{spec}}-{values[-1]:{spec}}"
+
+
 def targets(machine: str, results: str = RESULTS) -> str:
-    """Every committed encoder row of ``machine``, grouped by model, pruned model (its FLOP ratio),
-    backend, dtype, batch and threads: the range of speedup / FLOP ratio over the runs, how many runs
-    reach the target, and the range of the pruned encoder's speedup over the dense one in eager fp32
-    (bold where every run of the group reaches LiteMedSAM's 4x). A summary, not a selection: every
-    run counts, the ones made before a change (glibc's defaults, older pruned models) included."""
+    """Every committed encoder row of ``machine``, grouped by pruned model (its architecture record:
+    two checkpoints with the same kept heads and widths are one model), backend, dtype, batch and
+    threads: the range of speedup / FLOP ratio over the runs, how many runs reach the target, and the
+    range of the pruned encoder's speedup over the dense one in eager fp32 where the run measured it
+    (bold where every run of the group did and reached LiteMedSAM's 4x). A summary, not a selection:
+    every run counts, the ones made before a change (glibc's defaults, older pruned models) included."""
     groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+    names: dict[str, str] = {}
     for path in _files(machine, results):
         data = json.load(open(path))
+        arch = json.dumps(data["arch"], sort_keys=True)
+        names.setdefault(arch, os.path.basename(os.path.dirname(data["checkpoint"])))
         for r in data["rows"]:
             if r["part"] != "encoder":
                 continue
-            key = (data["model"], round(r["flop_ratio"], 2), r["backend"], r["dtype"], r["batch"],
+            key = (data["model"], arch, r["backend"], r["dtype"], r["batch"],
                    r.get("threads", data["machine"]["torch_threads"]))
             groups[key].append(r)
-    lines = ["| model | FLOP ratio | backend | dtype | batch | threads | runs | speedup / FLOP ratio | target "
-             "| runs at target | dense eager fp32 / pruned |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (model, flop, backend, dtype, batch, threads), rows in sorted(groups.items()):
+
+    def order(item):
+        (model, arch, *rest), rows = item
+        return model, -rows[0]["flop_ratio"], names[arch], *rest
+
+    lines = ["| model | pruned model | FLOP ratio | backend | dtype | batch | threads | runs | speedup / FLOP ratio "
+             "| target | runs at target | dense eager fp32 / pruned |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, arch, backend, dtype, batch, threads), rows in sorted(groups.items(), key=order):
         ratios = sorted(r["speedup_over_flop_ratio"] for r in rows)
         target = TARGET_OF_FLOP_RATIO.get(model)
         hits = sum(v >= target for v in ratios) if target else 0
-        spread = f"{ratios[0]:.2f}" if len(ratios) == 1 else f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
-        vs = sorted(r["pruned_vs_dense_torch_fp32"] for r in rows if r["pruned_vs_dense_torch_fp32"] is not None)
-        best = "-" if not vs else f"{vs[0]:.2f}x" if len(vs) == 1 else f"{vs[0]:.2f}-{vs[-1]:.2f}x"
-        if vs and model in TARGET_VS_EAGER and vs[0] >= TARGET_VS_EAGER[model]:
-            best = f"**{best}**"
         at = f"**{hits} of {len(ratios)}**" if hits else f"0 of {len(ratios)}"
-        lines.append(f"| {model} | {flop:.2f}x | {backend} | {dtype} | {batch} | {threads} | {len(ratios)} | {spread} "
-                     f"| {target if target else '-'} | {at} | {best} |")
+        vs = sorted(r["pruned_vs_dense_torch_fp32"] for r in rows if r["pruned_vs_dense_torch_fp32"] is not None)
+        eager = "-" if not vs else f"{_span(vs)}x" + (f" ({len(vs)} of {len(rows)} runs)" if len(vs) < len(rows) else "")
+        if len(vs) == len(rows) and model in TARGET_VS_EAGER and vs[0] >= TARGET_VS_EAGER[model]:
+            eager = f"**{eager}**"
+        lines.append(f"| {model} | {names[arch]} | {rows[0]['flop_ratio']:.2f}x | {backend} | {dtype} | {batch} | {threads} "
+                     f"| {len(ratios)} | {_span(ratios)} | {target if target else '-'} | {at} | {eager} |")
     return "\n".join(lines) + "\n"
 
 

@@ -239,7 +239,7 @@ def deploy() -> str:
 
 
 def attention_floor() -> str:
-    """``benchmarks/attention_floor.py``: one global ViT-B head four ways, and the encoders with the floor."""
+    """``benchmarks/attention_floor.py``: one global ViT-B head four ways, and the encoders with each faster way."""
     d = _load("attention_floor_cpu2.json")
     ph, g = d["per_head_s"], d["gflop_per_head"]
     labels = {"sdpa": "sdpa, as the encoders run it (mask built, then SDPA)", "no bias": "SDPA with no bias",
