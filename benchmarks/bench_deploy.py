@@ -6,7 +6,7 @@ depend on which channels go or on their values): ViT-B random init with heads 0.
 encoder parameters, as benchmarks/bench_prune_vit_b.py); LiteMedSAM's packaged weights at --ratio 0.5.
 
 Usage: ``python benchmarks/bench_deploy.py --which vit-b|lite|both [--device cpu|cuda]
-[--prune-device cpu] [--backends torch,sdpa] [--dtype fp32] [--batch 1] [--threads 1,2] [--repeats 3] [--warmup 1] [--tag-suffix X] [--round-to N]
+[--prune-device cpu] [--backends torch,sdpa] [--dtype fp32] [--batch 1] [--threads 1,2] [--repeats 3] [--warmup 1] [--pause S] [--tag-suffix X] [--round-to N]
 [--release-freed-memory]``
 """
 
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--parts", default="encoder")
     parser.add_argument("--repeats", default="3")
     parser.add_argument("--warmup", default="1", help="Untimed runs per model before the timed ones.")
+    parser.add_argument("--pause", default=None, help="bench's --pause: untimed seconds before every run [its default].")
     parser.add_argument("--threads", default=None, help="Intra-op thread counts, e.g. 1,2 [default: torch's].")
     parser.add_argument("--tag-suffix", default="")
     parser.add_argument("--round-to", type=int, default=1,
@@ -96,7 +97,8 @@ def main() -> None:
             "--batch", args.batch, "--parts", args.parts, "--repeats", args.repeats, "--warmup", args.warmup,
             "--device", args.device,
             "--out", RESULTS, "--tag", f"deploy_{tag}".removeprefix("bench_"),
-            *(["--threads", args.threads] if args.threads else []))
+            *(["--threads", args.threads] if args.threads else []),
+            *(["--pause", args.pause] if args.pause is not None else []))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 For every (backend, dtype, batch) the dense and the pruned model are timed alternately in one process
 (warm-up first), so drifts in machine load hit both alike; each figure is the median of the repeats
-with its min and max. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
+with its min and max. Each run, timed or not, starts after an untimed pause (``pause`` seconds,
+default :data:`PAUSE_S`): a runtime's worker threads keep spinning for a while after a run ends, and
+ONNX Runtime gives every session a thread pool of its own, so back to back the model just timed took
+cores from the next one, a cost that falls on the shorter (pruned) run the most. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
 decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
 Every backend runs the same fixed inputs (:func:`medcore_tp.export.example_inputs`), and each row
 records how far its output lies from the same model's eager fp32 output on the same device at the
@@ -192,8 +195,14 @@ def format_rel_diff(x: float | None) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
-def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+# ONNX Runtime's pool threads spin on after a run; 10 ms of quiet already took the 50% LiteMedSAM's
+# pruned ONNX Runtime encoder from 315 to 293 ms at two threads, 50-300 ms to 282-289 ms
+PAUSE_S = 0.1
+
+
+def _time(fn: Callable[[], Any], sync: Callable[[], None], pause: float = 0.0) -> float:
     sync()
+    time.sleep(pause)
     start = time.perf_counter()
     fn()
     sync()
@@ -213,15 +222,19 @@ def run_bench(
     warmup: int = 1,
     log: Callable[[str], None] = print,
     threads: Sequence[int] | None = None,
+    pause: float = PAUSE_S,
 ) -> list[BenchRow]:
     """Time ``dense`` against ``pruned`` (architecture ``name``) in every combination; see the module docstring.
 
     ``threads``: intra-op thread counts to measure, each for every other combination (torch's
     ``set_num_threads`` and ONNX Runtime's ``intra_op_num_threads`` alike; restored afterwards);
     default: torch's current count only. On a small CPU one thread can give the larger pruned / dense
-    ratio, because the pruned model's smaller GEMMs parallelise worse."""
+    ratio, because the pruned model's smaller GEMMs parallelise worse. ``pause``: untimed seconds of
+    quiet before every run (0 to 60; see the module docstring)."""
     if repeats < 1 or warmup < 0:
         raise MedcoreError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    if not 0 <= pause <= 60:
+        raise MedcoreError(f"pause {pause}: give seconds from 0 to 60", "pause")
     before = torch.get_num_threads()
     threads = list(threads) if threads else [before]
     if min(threads) < 1:
@@ -272,11 +285,11 @@ def run_bench(
                     del out
                 for _ in range(warmup - 1 + (1 if backend == "compile" else 0)):
                     for fn in runs.values():
-                        _time(fn, sync)
+                        _time(fn, sync, pause)
                 times: dict[str, list[float]] = {"dense": [], "pruned": []}
                 for _ in range(repeats):
                     for label, fn in runs.items():
-                        times[label].append(_time(fn, sync))
+                        times[label].append(_time(fn, sync, pause))
                 row = _row(backend, dtype, batch, part, t, times, flop_ratio)
                 row.dense_max_rel_diff, row.pruned_max_rel_diff = diffs["dense"], diffs["pruned"]
                 if backend == "torch" and dtype == "fp32":

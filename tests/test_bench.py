@@ -217,3 +217,46 @@ def test_cli_keeps_freed_memory_says_so_and_records_it(pruned_tiny, tmp_path, re
     said = "alternating; glibc keeps freed memory (medcore-tp --release-freed-memory: its defaults)" in res.stdout
     recorded = json.loads((tmp_path / "bench.json").read_text())["machine"].get("keep_freed_memory", False)
     assert said is recorded is (not release)
+
+
+def test_bench_pauses_untimed_before_every_run_and_records_it(pruned_tiny, tmp_path, monkeypatch):
+    # back to back, a runtime's still-spinning threads from the model just timed slowed the next one;
+    # the pause must come before every warm-up and timed run, outside the timed span
+    import medcore_tp.bench as bench_mod
+    from medcore_tp.checkpoint import load_model
+    from medcore_tp.errors import MedcoreError
+
+    calls: list[float] = []
+    clock = [0.0]  # a fake clock: each reading ticks 1 ms, a pause moves it by the pause
+
+    class FakeTime:
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            calls.append(seconds)
+            clock[0] += seconds
+
+        @staticmethod
+        def perf_counter() -> float:
+            clock[0] += 0.001
+            return clock[0]
+
+    monkeypatch.setattr(bench_mod, "time", FakeTime)
+    dense, _ = load_model("tiny", None)
+    pruned, _ = load_model("tiny", pruned_tiny)
+    rows = bench_mod.run_bench(dense, pruned, "tiny", backends=("torch",), repeats=3, warmup=2, log=lambda _: None,
+                               pause=0.25)
+    assert calls == [0.25] * (2 * (2 - 1) + 2 * 3)  # (warm-ups after the first call + repeats) x 2 models
+    # every timed span is one tick: the pause lies outside it
+    assert rows[0].dense_max_s == pytest.approx(0.001) and rows[0].pruned_max_s == pytest.approx(0.001)
+    with pytest.raises(MedcoreError, match=r"^pause -1: give seconds from 0 to 60") as err:
+        bench_mod.run_bench(dense, pruned, "tiny", backends=("torch",), pause=-1, log=lambda _: None)
+    assert err.value.param == "pause"
+    monkeypatch.undo()
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--backends", "torch", "--repeats", 1,
+              "--warmup", 0, "--pause", 0.05, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "bench.json").read_text())["pause_s"] == 0.05
+    assert "0.05 s pause before each run" in res.output
+    res = run("bench", "--model", "tiny", "--checkpoint", pruned_tiny, "--pause", -1, "--out", tmp_path / "x")
+    assert "--pause" in _error_line(res)
+    assert not (tmp_path / "x").exists()

@@ -15,6 +15,7 @@ from medcore_tp.bench import (
     BACKENDS,
     DTYPES,
     PARTS,
+    PAUSE_S,
     check_request,
     format_rel_diff,
     plot,
@@ -69,11 +70,14 @@ def _machine(device: torch.device) -> dict:
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
               help="Untimed runs first (the first one, always made, also gives the output's difference from "
                    "eager fp32).")
+@click.option("--pause", type=click.FloatRange(0, 60), default=PAUSE_S, show_default=True,
+              help="Untimed seconds of quiet before every run, so that the threads of the model run before "
+                   "have stopped spinning (0: back to back).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
               help="Folder for bench.csv, bench.json and bench.png.")
 @click.option("--tag", default=None, help="Name the files bench_TAG.* instead of bench.*.")
 def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, dtypes, parts, thread_counts,
-          repeats, warmup, out_dir, tag) -> None:
+          repeats, warmup, pause, out_dir, tag) -> None:
     """Time the dense and the pruned model alternately; median, min-max, speedup next to the FLOP ratio."""
     backend_list = _names("--backends", backends, BACKENDS)
     dtype_list = _names("--dtype", dtypes, DTYPES)
@@ -101,11 +105,11 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     torch.manual_seed(0)
     dense, _ = load_model(model_name, dense_checkpoint)
     click.echo(f"{model_name}: dense vs {checkpoint} on {dev}, {'/'.join(map(str, threads))} threads, "
-               f"{repeats} repeats after {warmup} warm-up, alternating"
+               f"{repeats} repeats after {warmup} warm-up, alternating, {pause:g} s pause before each run"
                + ("; glibc keeps freed memory (medcore-tp --release-freed-memory: its defaults)"
                   if keeps_freed_memory() else ""))
     rows = run_bench(dense, pruned, model_name, backend_list, dtype_list, batch_list, part_list, dev, repeats,
-                     warmup, log=click.echo, threads=threads)
+                     warmup, log=click.echo, threads=threads, pause=pause)
     shown = [(r.backend, r.dtype, r.batch, r.part, r.threads, f"{r.dense_median_s:.3f}", f"{r.pruned_median_s:.3f}",
               f"{r.speedup:.2f}x", f"{r.flop_ratio:.2f}x", f"{r.speedup_over_flop_ratio:.2f}",
               "-" if r.pruned_vs_dense_torch_fp32 != r.pruned_vs_dense_torch_fp32 else f"{r.pruned_vs_dense_torch_fp32:.2f}x",
@@ -116,7 +120,7 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     stem = f"bench_{tag}" if tag else "bench"
     data = rows_to_dicts(rows)
     record_out = {"model": model_name, "checkpoint": checkpoint, "dense_checkpoint": dense_checkpoint,
-                  "arch": record, "repeats": repeats, "warmup": warmup, "machine": _machine(dev), "rows": data}
+                  "arch": record, "repeats": repeats, "warmup": warmup, "pause_s": pause, "machine": _machine(dev), "rows": data}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(data[0]), lineterminator="\n")
     writer.writeheader()
