@@ -32,7 +32,9 @@ def _table(path: str) -> str:
             + "".join(f"; {k}={v}" for k, v in m.get("environment", {}).items())
             + ("; glibc keeping freed memory (medcore_tp.allocator, the CLI default)" if m.get("keep_freed_memory") else "")
             + (f"; load average {m['load_average_1_5_15'][0]:.1f} at the end" if "load_average_1_5_15" in m else "")
-            + f"; median of {data['repeats']} alternating repeats, min-max in brackets)\n\n")
+            + f"; median of {data['repeats']} alternating repeats"
+            + (f", {data['pause_s']:g} s untimed pause before each" if data.get("pause_s") else "")
+            + ", min-max in brackets)\n\n")
     rows = data["rows"]
     # GPU latencies are milliseconds: seconds with two decimals would print 0.01 for all of them
     unit, scale = ("ms", 1e3) if max(r["dense_median_s"] for r in rows) < 0.5 else ("s", 1.0)

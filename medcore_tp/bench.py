@@ -2,10 +2,10 @@
 
 For every (backend, dtype, batch) the dense and the pruned model are timed alternately in one process
 (warm-up first), so drifts in machine load hit both alike; each figure is the median of the repeats
-with its min and max. Each run, timed or not, starts after an untimed pause (``pause`` seconds,
-default :data:`PAUSE_S`): a runtime's worker threads keep spinning for a while after a run ends, and
-ONNX Runtime gives every session a thread pool of its own, so back to back the model just timed took
-cores from the next one, a cost that falls on the shorter (pruned) run the most. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
+with its min and max. ``pause`` puts untimed seconds of quiet before every run (default
+:data:`PAUSE_S`, none): a runtime's worker threads spin on for a while after a run, and ONNX Runtime
+gives every session a pool of its own, so back to back the model just timed can take cores from the
+next one, a cost that would fall on the shorter (pruned) run the most. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
 decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
 Every backend runs the same fixed inputs (:func:`medcore_tp.export.example_inputs`), and each row
 records how far its output lies from the same model's eager fp32 output on the same device at the
@@ -195,9 +195,10 @@ def format_rel_diff(x: float | None) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
-# ONNX Runtime's pool threads spin on after a run; 10 ms of quiet already took the 50% LiteMedSAM's
-# pruned ONNX Runtime encoder from 315 to 293 ms at two threads, 50-300 ms to 282-289 ms
-PAUSE_S = 0.1
+# none by default: in a loop of two bare ONNX Runtime sessions on the 2-core CPU, 10-300 ms of quiet took
+# the 50% LiteMedSAM's pruned encoder from 315 to 282-293 ms at two threads, but in bench's own runs
+# (bench_deploy_lite_cpu2_pause.json against _nopause.json) 0.1 s moved no ratio beyond the spread
+PAUSE_S = 0.0
 
 
 def _time(fn: Callable[[], Any], sync: Callable[[], None], pause: float = 0.0) -> float:

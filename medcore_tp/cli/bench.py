@@ -70,9 +70,9 @@ def _machine(device: torch.device) -> dict:
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
               help="Untimed runs first (the first one, always made, also gives the output's difference from "
                    "eager fp32).")
-@click.option("--pause", type=click.FloatRange(0, 60), default=PAUSE_S, show_default=True,
+@click.option("--pause", type=click.FloatRange(0, 60), default=PAUSE_S,
               help="Untimed seconds of quiet before every run, so that the threads of the model run before "
-                   "have stopped spinning (0: back to back).")
+                   "have stopped spinning [default: none, back to back].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/bench", show_default=True,
               help="Folder for bench.csv, bench.json and bench.png.")
 @click.option("--tag", default=None, help="Name the files bench_TAG.* instead of bench.*.")
@@ -105,7 +105,8 @@ def bench(model_name, checkpoint, dense_checkpoint, backends, batches, device, d
     torch.manual_seed(0)
     dense, _ = load_model(model_name, dense_checkpoint)
     click.echo(f"{model_name}: dense vs {checkpoint} on {dev}, {'/'.join(map(str, threads))} threads, "
-               f"{repeats} repeats after {warmup} warm-up, alternating, {pause:g} s pause before each run"
+               f"{repeats} repeats after {warmup} warm-up, alternating"
+               + (f", {pause:g} s pause before each run" if pause else "")
                + ("; glibc keeps freed memory (medcore-tp --release-freed-memory: its defaults)"
                   if keeps_freed_memory() else ""))
     rows = run_bench(dense, pruned, model_name, backend_list, dtype_list, batch_list, part_list, dev, repeats,
