@@ -5,8 +5,8 @@ For every (backend, dtype, batch) the dense and the pruned model are timed alter
 with its min and max. ``pause`` puts untimed seconds of quiet before every run (default
 :data:`PAUSE_S`, none): a runtime's worker threads spin on for a while after a run, and ONNX Runtime
 gives every session a pool of its own, so back to back the model just timed can take cores from the
-next one, a cost that would fall on the shorter (pruned) run the most. ``part="encoder"`` times the image encoder, ``"model"`` the encoder plus the box
-decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
+next one, a cost that would fall on the shorter (pruned) run the most. ``part="encoder"`` times the
+image encoder, ``"model"`` the encoder plus the box decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
 Every backend runs the same fixed inputs (:func:`medcore_tp.export.example_inputs`), and each row
 records how far its output lies from the same model's eager fp32 output on the same device at the
 same thread count (``*_max_rel_diff``: the largest absolute difference over the reference's largest
