@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_deploy import SCRATCH  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENS_SIDE, HEAD_DIM, HEADS = 64, 64, 12  # ViT-B's global blocks at 1024 px
@@ -100,25 +101,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--scratch", default=SCRATCH)
     args = parser.parse_args()
 
     import torch
     from _machine import machine_info, machine_tag
-    from bench_deploy import PRUNE, pruned_checkpoint
+    from bench_deploy import PRUNE, deploy_models
 
     from medcore_tp.allocator import keep_freed_memory
     from medcore_tp.arch import image_encoder
     from medcore_tp.bench import backend_model
-    from medcore_tp.checkpoint import load_model
     from medcore_tp.profile import flops_torch
 
     keep_freed_memory()  # as the CLI and bench do
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     name = PRUNE["vit-b"][0]
-    models = {"dense": load_model(name, None)[0],
-              "pruned": load_model(name, pruned_checkpoint("vit-b", args.scratch))[0]}
+    models = deploy_models("vit-b", args.scratch)
     flops = {w: flops_torch(m)["total"] for w, m in models.items()}
     encoders = {w: image_encoder(backend_model(m, "sdpa")) for w, m in models.items()}
     global_heads = {w: sum(b.attn.num_heads for b in e.blocks if b.window_size == 0) for w, e in encoders.items()}

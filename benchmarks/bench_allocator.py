@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_deploy import SCRATCH  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("default", "keep")
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--which", default="lite,vit-b")
-    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--scratch", default=SCRATCH)
     args = parser.parse_args()
 
     from _machine import machine_tag

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
+SCRATCH = os.path.join(HERE, "..", "out", "bench_deploy")  # where the pruned checkpoints are kept
 PRUNE = {
     "vit-b": ("sam-vit-b", ["--random-init", "--heads-ratio", "0.5", "--mlp-ratio", "0.7", "--protect-blocks", "10,11"]),
     "lite": ("lite-medsam", ["--ratio", "0.5"]),
@@ -51,6 +52,17 @@ def pruned_checkpoint(which: str, scratch: str, device: str = "cpu", round_to: i
     return path
 
 
+def deploy_models(which: str, scratch: str = SCRATCH) -> dict:
+    """``{"dense": model, "pruned": model}`` for ``which`` (``vit-b`` or ``lite``): the dense architecture
+    (LiteMedSAM's packaged weights, ViT-B random) and the checkpoint of :func:`pruned_checkpoint`."""
+    from medcore_tp.checkpoint import load_model
+    from medcore_tp.models import PACKAGED
+
+    name = PRUNE[which][0]
+    return {"dense": load_model(name, PACKAGED if which == "lite" else None)[0],
+            "pruned": load_model(name, pruned_checkpoint(which, scratch))[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--which", choices=["vit-b", "lite", "both"], default="both")
@@ -68,7 +80,7 @@ def main() -> None:
     parser.add_argument("--tag-suffix", default="")
     parser.add_argument("--round-to", type=int, default=1,
                         help="Prune with --round-to N (tagged _roundN) to see what aligned MLP widths buy.")
-    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--scratch", default=SCRATCH)
     parser.add_argument("--release-freed-memory", action="store_true",
                         help="Run medcore-tp --release-freed-memory bench (glibc's malloc defaults, tagged _released): "
                              "large freed blocks go back to the kernel and page faults cost the stock dense ViT-B "

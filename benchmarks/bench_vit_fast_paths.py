@@ -19,6 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_deploy import SCRATCH  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WHOLE = 1 << 62  # a mask-size threshold no block reaches: every block builds its whole mask
@@ -72,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--scratch", default=SCRATCH)
     args = parser.parse_args()
 
     import torch

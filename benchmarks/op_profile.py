@@ -24,6 +24,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_deploy import SCRATCH  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # profiler op name -> category; ops not listed are "other"
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--which", choices=["vit-b", "lite"], default="vit-b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    parser.add_argument("--scratch", default=SCRATCH)
     parser.add_argument("--pruned-first", action="store_true",
                         help="Run the pruned model first in each round (tagged _pruned-first): what the order, and "
                              "with it where the allocator puts each tensor, does to the figures.")
@@ -68,21 +69,18 @@ def main() -> None:
 
     import torch
     from _machine import machine_info, machine_tag
-    from bench_deploy import PRUNE, pruned_checkpoint
+    from bench_deploy import PRUNE, deploy_models
     from torch.profiler import ProfilerActivity, profile
 
     from medcore_tp.allocator import keep_freed_memory
     from medcore_tp.arch import image_encoder
     from medcore_tp.bench import backend_model
-    from medcore_tp.checkpoint import load_model
-    from medcore_tp.models import PACKAGED
 
     keep_freed_memory()  # as the CLI does: page faults would otherwise land in whichever op allocates
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     name = PRUNE[args.which][0]
-    models = {"dense": load_model(name, PACKAGED if args.which == "lite" else None)[0],
-              "pruned": load_model(name, pruned_checkpoint(args.which, args.scratch))[0]}
+    models = deploy_models(args.which, args.scratch)
     if args.pruned_first:
         models = dict(reversed(models.items()))
     flops = {w: flops_by_kind(m) for w, m in models.items()}

@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info, machine_tag  # noqa: E402
-from bench_deploy import HERE, RESULTS, cli, pruned_checkpoint, round_tag  # noqa: E402
+from bench_deploy import RESULTS, SCRATCH, cli, pruned_checkpoint, round_tag  # noqa: E402
 
 from medcore_tp.checkpoint import load_model  # noqa: E402
 from medcore_tp.runtime import ort_session  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--scratch", default=os.path.join(HERE, "..", "out", "bench_deploy"))
+    ap.add_argument("--scratch", default=SCRATCH)
     ap.add_argument("--tag-suffix", default="", help="Appended to the result files' names.")
     ap.add_argument("--round-to", type=int, default=1, help="Prune with --round-to N (as bench_deploy.py).")
     args = ap.parse_args()

@@ -6,7 +6,8 @@ with its min and max. ``pause`` puts untimed seconds of quiet before every run (
 :data:`PAUSE_S`, none): a runtime's worker threads spin on for a while after a run, and ONNX Runtime
 gives every session a pool of its own, so back to back the model just timed can take cores from the
 next one, a cost that would fall on the shorter (pruned) run the most. ``part="encoder"`` times the
-image encoder, ``"model"`` the encoder plus the box decoder (one box per image). Speedups sit next to the encoder FLOP ratio (``torch.utils.flop_counter``).
+image encoder, ``"model"`` the encoder plus the box decoder (one box per image). Speedups sit next to
+the encoder FLOP ratio (``torch.utils.flop_counter``).
 Every backend runs the same fixed inputs (:func:`medcore_tp.export.example_inputs`), and each row
 records how far its output lies from the same model's eager fp32 output on the same device at the
 same thread count (``*_max_rel_diff``: the largest absolute difference over the reference's largest
@@ -201,7 +202,7 @@ def format_rel_diff(x: float | None) -> str:
 PAUSE_S = 0.0
 
 
-def _time(fn: Callable[[], Any], sync: Callable[[], None], pause: float = 0.0) -> float:
+def _time(fn: Callable[[], Any], sync: Callable[[], None], pause: float) -> float:
     sync()
     time.sleep(pause)
     start = time.perf_counter()
